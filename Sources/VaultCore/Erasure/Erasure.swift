@@ -1,0 +1,87 @@
+import LMDB
+
+/// Proof of an erasure for the client: what was erased, when, and where in the audit
+/// chain (the entry's sequence number and hash).
+public struct ErasureReceipt: Sendable, Equatable {
+    public let tenant: String
+    public let subjectTag: String
+    public let erased: Int
+    public let at: Int64
+    public let auditSeq: UInt64
+    public let auditHash: String
+}
+
+extension Vault {
+    /// Erases every record of a subject ("right to be forgotten"): their wrapped DEKs,
+    /// index entries and metadata go in one transaction, so all of them are unreadable
+    /// at once; their buckets are marked dirty, so the next rotation makes the old key
+    /// material unrecoverable. Refused (nothing erased, refusal audited) when a legal hold
+    /// covers the subject or any of its records.
+    public func erase(subject: Subject, reference: String?, tenant: TenantID, actor: Actor) async throws -> ErasureReceipt {
+        if let reference, reference.utf8.count > 200 {
+            throw VaultError.invalidArgument("reference must be at most 200 bytes")
+        }
+        return try await perform { ks, _, context in
+            let dbs = self.writer.stores.ks
+            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+            let tag = try t.tag(of: subject, root: try t.rootKey(context))
+            var event = AuditLog.Event(tenant: t.auditTenant, actor: actor, action: "subject.erase",
+                                       target: "subject:\(tag.hex)", reference: reference)
+            let ids = try t.recordIDs(tag: tag, in: ks, dbs: dbs)
+            var metas: [(RecordID, RecordMeta)] = []
+            var held = try ks.contains(key: t.heldKey(.subject, tag), in: dbs.heldTargets)
+            for id in ids where !held {
+                guard let m = try t.meta(id, in: ks, dbs: dbs) else {
+                    throw VaultError.corrupt("subject index names record \(id), which has no metadata")
+                }
+                held = try t.isHeld(id, tag: tag, in: ks, dbs: dbs)
+                metas.append((id, m))
+            }
+            if held {
+                event.outcome = "refused:legal_hold"
+                try AuditLog.append(event, in: ks, dbs: dbs, context: context)
+                throw AuditedRefusal(error: .legalHold("a legal hold covers this subject; nothing was erased"))
+            }
+            for (id, m) in metas { try t.destroy(id, m, in: ks, dbs: dbs, context: context) }
+            event.count = UInt64(metas.count)
+            let head = try AuditLog.append(event, in: ks, dbs: dbs, context: context)
+            return ErasureReceipt(tenant: t.slug, subjectTag: tag.hex, erased: metas.count, at: context.now,
+                                  auditSeq: head.seq, auditHash: head.hash.hex)
+        }
+    }
+
+    /// Recomputes the audit chain; names the first broken entry.
+    public func verifyAudit() async throws -> AuditVerification {
+        try await perform { ks, _, _ in try AuditLog.verify(in: ks, dbs: self.writer.stores.ks) }
+    }
+
+    /// Audit entries after `after`, at most `limit`: a tenant's own entries when `tenant`
+    /// is given, else every entry with its target removed (the operator's view).
+    public func auditEntries(tenant: TenantID?, after: UInt64, limit: Int) async throws -> [AuditEntry] {
+        let limit = max(0, min(limit, 1000))
+        return try await perform { ks, _, _ in
+            let dbs = self.writer.stores.ks
+            var out: [AuditEntry] = []
+            guard limit > 0 else { return out }
+            if let tenant {
+                let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+                let prefix = Layout.tenantKey(t.number)
+                var seqs: [UInt64] = []
+                try ks.forEach(in: dbs.auditByTenant, from: Layout.auditByTenantKey(t.number, after &+ 1), prefix: prefix) { k, _ in
+                    seqs.append(readBE(k, at: 4))
+                    return seqs.count < limit ? .continue : .stop
+                }
+                for s in seqs { if let e = try AuditLog.entry(seq: s, in: ks, dbs: dbs) { out.append(e) } }
+            } else {
+                try ks.forEach(in: dbs.audit, from: Layout.auditKey(after &+ 1)) { _, v in
+                    let e = try AuditEntry.decode(v).entry
+                    out.append(AuditEntry(seq: e.seq, at: e.at, tenant: e.tenant, actor: e.actor, action: e.action,
+                                          target: nil, outcome: e.outcome, count: e.count, reference: nil,
+                                          prev: e.prev, hash: e.hash))
+                    return out.count < limit ? .continue : .stop
+                }
+            }
+            return out
+        }
+    }
+}

@@ -1,0 +1,151 @@
+import LMDB
+import Sodium
+
+/// What a caller may see of a tenant.
+public struct TenantInfo: Sendable, Equatable {
+    public let id: String
+    public let createdAt: Int64
+    public let offboarded: Bool
+}
+
+/// A tenant resolved inside a transaction, with its keys unwrapped on demand.
+struct ResolvedTenant {
+    let slug: String
+    let row: TenantRow
+    var number: UInt32 { row.number }
+
+    var auditTenant: (slug: String, number: UInt32) { (slug, row.number) }
+
+    static func load(_ id: TenantID, in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> ResolvedTenant {
+        let row: TenantRow? = try txn.withValue(forKey: Array(id.slug.utf8), in: dbs.tenants) { b in
+            try b.map(TenantRow.decode)
+        }
+        guard let row, row.status == .active else { throw VaultError.tenantNotFound(id.slug) }
+        return ResolvedTenant(slug: id.slug, row: row)
+    }
+
+    /// TRK, unwrapped under the master key.
+    func rootKey(_ context: OperationContext) throws -> Key {
+        try KeyHierarchy.unwrap(row.wrappedTRK, under: context.masterKey.bytes,
+                                ad: KeyHierarchy.trkAD(slug: slug, tenant: number, mkGeneration: context.masterGeneration,
+                                                       trkGeneration: row.trkGeneration),
+                                what: "root key of tenant \(slug)")
+    }
+
+    /// SBK, unwrapped under the TRK.
+    func blindingKey(root: Key) throws -> Key {
+        try KeyHierarchy.unwrap(row.wrappedSBK, under: root.bytes,
+                                ad: KeyHierarchy.sbkAD(tenant: number, trkGeneration: row.trkGeneration),
+                                what: "subject blinding key of tenant \(slug)")
+    }
+
+    /// The subject's tag: keyed BLAKE2b-128 under the SBK. The only form in which a
+    /// subject is ever stored.
+    func tag(of subject: Subject, root: Key) throws -> [UInt8] {
+        let sbk = try blindingKey(root: root)
+        return try subject.bytes.withUnsafeBytes { try KeyedHash.hash($0, key: sbk.bytes, outputCount: 16) }
+    }
+
+    /// The bucket row and unwrapped key of bucket `e`, or nil when it does not exist (expired).
+    func bucket(_ e: UInt64, root: Key, in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> (BucketRow, Key)? {
+        let row: BucketRow? = try txn.withValue(forKey: Layout.bucketKey(number, e), in: dbs.buckets) { b in
+            try b.map(BucketRow.decode)
+        }
+        guard let row else { return nil }
+        let key = try KeyHierarchy.unwrap(row.wrappedBK, under: root.bytes,
+                                          ad: KeyHierarchy.bkAD(tenant: number, bucket: e, version: row.version,
+                                                                trkGeneration: self.row.trkGeneration),
+                                          what: "bucket key \(e) v\(row.version) of tenant \(slug)")
+        return (row, key)
+    }
+
+    /// The bucket's key, created (version 1) when the bucket is new.
+    func bucketCreatingIfNeeded(_ e: UInt64, root: Key, in txn: borrowing Transaction,
+                                dbs: KeystoreDatabases) throws -> (BucketRow, Key) {
+        if let existing = try bucket(e, root: root, in: txn, dbs: dbs) { return existing }
+        let key = try Key.random()
+        let row = BucketRow(version: 1, dirty: false, wrappedBK: try KeyHierarchy.wrap(
+            key.bytes, under: root.bytes,
+            ad: KeyHierarchy.bkAD(tenant: number, bucket: e, version: 1, trkGeneration: self.row.trkGeneration)))
+        try txn.put(row.encode(), forKey: Layout.bucketKey(number, e), in: dbs.buckets)
+        return (row, key)
+    }
+
+    /// Marks a bucket dirty: a DEK under it was destroyed, so the next rotation re-keys it.
+    func markDirty(_ e: UInt64, in txn: borrowing Transaction, dbs: KeystoreDatabases) throws {
+        let key = Layout.bucketKey(number, e)
+        let row: BucketRow? = try txn.withValue(forKey: key, in: dbs.buckets) { b in try b.map(BucketRow.decode) }
+        guard var row, !row.dirty else { return }
+        row.dirty = true
+        try txn.put(row.encode(), forKey: key, in: dbs.buckets)
+    }
+}
+
+extension Vault {
+    /// Creates a tenant: a new root key wrapped under the master key, and a subject
+    /// blinding key wrapped under the root key. 409-style `tenantExists` if the slug was
+    /// ever used (an offboarded tenant's slug stays reserved).
+    public func createTenant(_ id: TenantID, actor: Actor) async throws -> TenantInfo {
+        try await perform { txn, _, context in
+            let dbs = self.writer.stores.ks
+            let slugKey = Array(id.slug.utf8)
+            guard try !txn.contains(key: slugKey, in: dbs.tenants) else { throw VaultError.tenantExists(id.slug) }
+            let number: UInt32 = try txn.withValue(forKey: Vault.metaNextTenant, in: dbs.meta) { b in
+                guard let b, b.count == 4 else { throw VaultError.corrupt("tenant counter") }
+                return readBE(b, at: 0)
+            }
+            try txn.put(.be(number + 1), forKey: Vault.metaNextTenant, in: dbs.meta)
+            let trk = try Key.random()
+            let sbk = try Key.random()
+            let row = TenantRow(
+                number: number, status: .active, createdAt: context.now, trkGeneration: 1,
+                wrappedTRK: try KeyHierarchy.wrap(trk.bytes, under: context.masterKey.bytes,
+                                                  ad: KeyHierarchy.trkAD(slug: id.slug, tenant: number,
+                                                                         mkGeneration: context.masterGeneration, trkGeneration: 1)),
+                wrappedSBK: try KeyHierarchy.wrap(sbk.bytes, under: trk.bytes,
+                                                  ad: KeyHierarchy.sbkAD(tenant: number, trkGeneration: 1)))
+            try txn.put(row.encode(), forKey: slugKey, in: dbs.tenants)
+            try txn.put(RetentionPolicy.standard.encode(), forKey: Layout.tenantKey(number), in: dbs.policies)
+            try AuditLog.append(.init(tenant: (id.slug, number), actor: actor, action: "tenant.create",
+                                      target: "tenant:\(id.slug)"), in: txn, dbs: dbs, context: context)
+            return TenantInfo(id: id.slug, createdAt: row.createdAt, offboarded: false)
+        }
+    }
+
+    public func listTenants() async throws -> [TenantInfo] {
+        try await perform { txn, _, _ in
+            var out: [TenantInfo] = []
+            try txn.forEach(in: self.writer.stores.ks.tenants) { key, value in
+                let row = try TenantRow.decode(value)
+                out.append(TenantInfo(id: String(decoding: key, as: UTF8.self), createdAt: row.createdAt,
+                                      offboarded: row.status == .offboarded))
+                return .continue
+            }
+            return out
+        }
+    }
+
+    /// Offboards a tenant: destroys its root key, blinding key and bucket keys in one
+    /// transaction, so every record of the tenant is unreadable at once. The sweeper then
+    /// removes its entries and ciphertexts in batches.
+    public func offboardTenant(_ id: TenantID, actor: Actor) async throws {
+        try await perform { txn, _, context in
+            let dbs = self.writer.stores.ks
+            let tenant = try ResolvedTenant.load(id, in: txn, dbs: dbs)
+            var row = tenant.row
+            row.status = .offboarded
+            row.wrappedTRK = []
+            row.wrappedSBK = []
+            try txn.put(row.encode(), forKey: Array(id.slug.utf8), in: dbs.tenants)
+            var buckets: [[UInt8]] = []
+            try txn.forEach(in: dbs.buckets, from: Layout.tenantKey(tenant.number), prefix: Layout.tenantKey(tenant.number)) { k, _ in
+                buckets.append(Array(k))
+                return .continue
+            }
+            for k in buckets { try txn.delete(key: k, in: dbs.buckets) }
+            try AuditLog.append(.init(tenant: tenant.auditTenant, actor: actor, action: "tenant.offboard",
+                                      target: "tenant:\(id.slug)", count: UInt64(buckets.count)),
+                                in: txn, dbs: dbs, context: context)
+        }
+    }
+}

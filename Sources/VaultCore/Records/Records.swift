@@ -1,0 +1,336 @@
+import LMDB
+public import Sodium
+
+/// A record to write.
+public struct NewRecord: Sendable {
+    public var subject: Subject
+    public var category: DataCategory
+    public var channel: Channel
+    /// The record's payload (JSON bytes as the client sent them); wiped when released.
+    public var data: SensitiveBytes
+    /// A retention shorter than the tenant's policy for this record (seconds), or nil.
+    public var retentionSeconds: Int64?
+
+    public init(subject: Subject, category: DataCategory, channel: Channel, data: SensitiveBytes,
+                retentionSeconds: Int64? = nil) {
+        self.subject = subject
+        self.category = category
+        self.channel = channel
+        self.data = data
+        self.retentionSeconds = retentionSeconds
+    }
+}
+
+/// What a write or correction returns.
+public struct RecordReceipt: Sendable, Equatable {
+    public let id: RecordID
+    public let createdAt: Int64
+    public let expiresAt: Int64
+    public let version: UInt32
+}
+
+/// A decrypted record. Its subject and data live in buffers wiped on release.
+public struct OpenedRecord: Sendable {
+    public let id: RecordID
+    public let subject: SensitiveBytes
+    public let category: DataCategory
+    public let channel: Channel
+    public let createdAt: Int64
+    public let expiresAt: Int64
+    public let version: UInt32
+    public let data: SensitiveBytes
+}
+
+/// The sealed record format: format byte || XChaCha20-Poly1305 box of the plaintext
+/// `[format][subject length u16][subject][data]`, AD binding tenant, id, version and the
+/// metadata digest.
+enum SealedRecord {
+    static let format: UInt8 = 1
+    static let plaintextFormat: UInt8 = 1
+
+    static func seal(subject: SensitiveBytes, data: SensitiveBytes, dek: Key, ad: [UInt8]) throws -> [UInt8] {
+        let plaintext = SensitiveBytes(count: 3 + subject.count + data.count) { out in
+            out[0] = plaintextFormat
+            out[1] = UInt8(subject.count >> 8)
+            out[2] = UInt8(subject.count & 0xFF)
+            subject.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: out[3..<3 + subject.count]).copyMemory(from: $0) }
+            data.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: out[(3 + subject.count)...]).copyMemory(from: $0) }
+        }
+        var sealed = [UInt8](repeating: 0, count: 1 + AEAD.sealedCount(plaintextCount: plaintext.count))
+        sealed[0] = format
+        try sealed.withUnsafeMutableBytes { out in
+            try plaintext.withUnsafeBytes { p in
+                try ad.withUnsafeBytes { a in
+                    try AEAD.seal(p, key: dek.bytes, associatedData: a, into: UnsafeMutableRawBufferPointer(rebasing: out[1...]))
+                }
+            }
+        }
+        return sealed
+    }
+
+    /// Opens a sealed record; returns (subject, data) in wiped buffers.
+    static func open(_ sealed: UnsafeRawBufferPointer, dek: Key, ad: [UInt8], what: String) throws -> (SensitiveBytes, SensitiveBytes) {
+        guard sealed.count >= 1 + AEAD.overhead + 3, sealed[0] == format else {
+            throw VaultError.integrity("\(what): not a sealed record")
+        }
+        let box = UnsafeRawBufferPointer(rebasing: sealed[1...])
+        do {
+            let plaintext = try SensitiveBytes(count: box.count - AEAD.overhead) { out in
+                try ad.withUnsafeBytes { a in try AEAD.open(box, key: dek.bytes, associatedData: a, into: out) }
+            }
+            return try plaintext.withUnsafeBytes { p in
+                guard p[0] == plaintextFormat else { throw VaultError.corrupt("\(what): plaintext format \(p[0])") }
+                let n = Int(p[1]) << 8 | Int(p[2])
+                guard 3 + n <= p.count else { throw VaultError.corrupt("\(what): bad subject length") }
+                return (SensitiveBytes(copying: UnsafeRawBufferPointer(rebasing: p[3..<3 + n])),
+                        SensitiveBytes(copying: UnsafeRawBufferPointer(rebasing: p[(3 + n)...])))
+            }
+        } catch SodiumError.authenticationFailure {
+            throw VaultError.integrity("\(what) failed authentication")
+        }
+    }
+}
+
+/// Record operations inside a transaction, shared by every lifecycle.
+extension ResolvedTenant {
+    func meta(_ id: RecordID, in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> RecordMeta? {
+        try txn.withValue(forKey: Layout.recordKey(number, id), in: dbs.records) { b in try b.map(RecordMeta.decode) }
+    }
+
+    func isHeld(_ id: RecordID, tag: [UInt8], in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> Bool {
+        try txn.contains(key: Layout.tenantKey(number) + [LegalHoldRow.Kind.record.rawValue] + id.bytes, in: dbs.heldTargets)
+            || txn.contains(key: Layout.tenantKey(number) + [LegalHoldRow.Kind.subject.rawValue] + tag, in: dbs.heldTargets)
+    }
+
+    func hasHolds(in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> Bool {
+        var any = false
+        try txn.forEach(in: dbs.heldTargets, from: Layout.tenantKey(number), prefix: Layout.tenantKey(number)) { _, _ in
+            any = true
+            return .stop
+        }
+        return any
+    }
+
+    /// The record's metadata if it is readable now: present, and not past `expires_at`
+    /// unless a legal hold keeps it.
+    func live(_ id: RecordID, now: Int64, in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> RecordMeta? {
+        guard let m = try meta(id, in: txn, dbs: dbs) else { return nil }
+        if now >= m.expiresAt, try !isHeld(id, tag: m.tag, in: txn, dbs: dbs) { return nil }
+        return m
+    }
+
+    /// Unwraps the record's DEK through its bucket key.
+    func dataKey(_ id: RecordID, _ m: RecordMeta, root: Key, in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> Key? {
+        guard let (row, bk) = try bucket(m.bucket, root: root, in: txn, dbs: dbs) else { return nil }
+        guard row.version == m.bucketVersion else {
+            throw VaultError.integrity("record \(id): bucket key version \(m.bucketVersion) is gone (current \(row.version))")
+        }
+        return try KeyHierarchy.unwrap(m.wrappedDEK, under: bk.bytes,
+                                       ad: KeyHierarchy.dekAD(tenant: number, id: id, version: m.version,
+                                                              bucket: m.bucket, bucketVersion: m.bucketVersion),
+                                       what: "data key of record \(id)")
+    }
+
+    /// Decrypts a live record.
+    func open(_ id: RecordID, _ m: RecordMeta, root: Key, keystore: borrowing Transaction, records: borrowing Transaction,
+              dbs: KeystoreDatabases, ciphertexts: Database) throws -> OpenedRecord? {
+        guard let dek = try dataKey(id, m, root: root, in: keystore, dbs: dbs) else { return nil }
+        let ad = KeyHierarchy.recordAD(tenant: number, id: id, version: m.version, digest: m.digest(tenant: number, id: id))
+        let (subject, data) = try records.withValue(forKey: Layout.ciphertextKey(number, id, m.version), in: ciphertexts) { b in
+            guard let b else { throw VaultError.integrity("record \(id): ciphertext v\(m.version) is missing") }
+            return try SealedRecord.open(b, dek: dek, ad: ad, what: "record \(id)")
+        }
+        return OpenedRecord(id: id, subject: subject, category: m.category, channel: m.channel, createdAt: m.createdAt,
+                            expiresAt: m.expiresAt, version: m.version, data: data)
+    }
+
+    /// Removes every entry of a record and queues its ciphertext for deletion after the
+    /// keystore commit; marks its bucket dirty so the next rotation re-keys it.
+    func destroy(_ id: RecordID, _ m: RecordMeta, in txn: borrowing Transaction, dbs: KeystoreDatabases,
+                 context: OperationContext) throws {
+        try txn.delete(key: Layout.recordKey(number, id), in: dbs.records)
+        try txn.delete(key: Layout.subjectKey(number, m.tag, id), in: dbs.subjects)
+        try txn.delete(key: Layout.byBucketKey(number, m.bucket, id), in: dbs.byBucket)
+        try markDirty(m.bucket, in: txn, dbs: dbs)
+        context.ciphertextDeletes.append(Layout.ciphertextKey(number, id, m.version))
+    }
+
+    /// Seals and stores a record version: ciphertext into the record store, wrapped DEK
+    /// into the keystore (put last: the record exists once its wrapped DEK does).
+    func store(_ id: RecordID, meta m: inout RecordMeta, subject: SensitiveBytes, data: SensitiveBytes, root: Key,
+               keystore: borrowing Transaction, records: borrowing Transaction, dbs: KeystoreDatabases,
+               ciphertexts: Database) throws {
+        let (bucketRow, bk) = try bucketCreatingIfNeeded(m.bucket, root: root, in: keystore, dbs: dbs)
+        m.bucketVersion = bucketRow.version
+        let dek = try Key.random()
+        let ad = KeyHierarchy.recordAD(tenant: number, id: id, version: m.version, digest: m.digest(tenant: number, id: id))
+        let sealed = try SealedRecord.seal(subject: subject, data: data, dek: dek, ad: ad)
+        m.ciphertextCount = UInt32(sealed.count)
+        try records.put(sealed, forKey: Layout.ciphertextKey(number, id, m.version), in: ciphertexts)
+        m.wrappedDEK = try KeyHierarchy.wrap(dek.bytes, under: bk.bytes,
+                                             ad: KeyHierarchy.dekAD(tenant: number, id: id, version: m.version,
+                                                                    bucket: m.bucket, bucketVersion: m.bucketVersion))
+        try keystore.put(m.encode(), forKey: Layout.recordKey(number, id), in: dbs.records)
+    }
+}
+
+extension Vault {
+    /// Writes a record: a fresh DEK seals it, the DEK is wrapped under the bucket key of
+    /// its expiry time, and the write is audited in the same transaction.
+    public func write(_ record: NewRecord, tenant: TenantID, actor: Actor) async throws -> RecordReceipt {
+        try await perform { ks, rec, context in
+            try self.writeRecord(record, tenant: tenant, actor: actor, keystore: ks, records: rec, context: context)
+        }
+    }
+
+    /// Writes many records as one request: each succeeds or fails alone (in order).
+    public func writeBatch(_ records: [NewRecord], tenant: TenantID, actor: Actor) async -> [Result<RecordReceipt, VaultError>] {
+        await withTaskGroup(of: (Int, Result<RecordReceipt, VaultError>).self) { group in
+            for (i, record) in records.enumerated() {
+                group.addTask {
+                    do { return (i, .success(try await self.write(record, tenant: tenant, actor: actor))) }
+                    catch { return (i, .failure(VaultError.mapping(error))) }
+                }
+            }
+            var out = [Result<RecordReceipt, VaultError>](repeating: .failure(.shuttingDown), count: records.count)
+            for await (i, r) in group { out[i] = r }
+            return out
+        }
+    }
+
+    func writeRecord(_ record: NewRecord, tenant: TenantID, actor: Actor, keystore ks: borrowing Transaction,
+                     records rec: borrowing Transaction, context: OperationContext) throws -> RecordReceipt {
+        let dbs = writer.stores.ks
+        let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+        let now = context.now
+        let allowed = try Retention.effectiveSeconds(for: record.category, tenant: t, now: now, in: ks, dbs: dbs)
+        var retention = allowed
+        if let asked = record.retentionSeconds {
+            guard asked > 0 else { throw VaultError.invalidArgument("retention must be positive") }
+            guard asked <= allowed else {
+                throw VaultError.refused("retention \(ISODuration.format(seconds: asked)) is longer than the policy allows (\(ISODuration.format(seconds: allowed)))")
+            }
+            retention = asked
+        }
+        let id = RecordID.generate(milliseconds: now)
+        let root = try t.rootKey(context)
+        let expiresAt = now + retention * 1000
+        var m = RecordMeta(category: record.category, channel: record.channel, createdAt: now, expiresAt: expiresAt,
+                           version: 1, tag: try t.tag(of: record.subject, root: root),
+                           bucket: Retention.bucket(of: expiresAt, width: context.configuration.bucketWidthSeconds),
+                           bucketVersion: 0, ciphertextCount: 0, wrappedDEK: [])
+        try t.store(id, meta: &m, subject: record.subject.bytes, data: record.data, root: root,
+                    keystore: ks, records: rec, dbs: dbs, ciphertexts: writer.stores.rec)
+        try ks.put([], forKey: Layout.subjectKey(t.number, m.tag, id), in: dbs.subjects)
+        try ks.put([], forKey: Layout.byBucketKey(t.number, m.bucket, id), in: dbs.byBucket)
+        try AuditLog.append(.init(tenant: t.auditTenant, actor: actor, action: "record.write", target: "record:\(id)"),
+                            in: ks, dbs: dbs, context: context)
+        return RecordReceipt(id: id, createdAt: now, expiresAt: expiresAt, version: 1)
+    }
+
+    /// Reads a record. Unknown, other tenant's, expired and erased ids all throw
+    /// `.notFound` alike; the attempt is audited either way.
+    public func read(_ id: RecordID, tenant: TenantID, actor: Actor) async throws -> OpenedRecord {
+        try await perform { ks, rec, context in
+            let dbs = self.writer.stores.ks
+            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+            var event = AuditLog.Event(tenant: t.auditTenant, actor: actor, action: "record.read", target: "record:\(id)")
+            guard let m = try t.live(id, now: context.now, in: ks, dbs: dbs),
+                  let opened = try t.open(id, m, root: try t.rootKey(context), keystore: ks, records: rec, dbs: dbs,
+                                          ciphertexts: self.writer.stores.rec)
+            else {
+                event.outcome = "not_found"
+                try AuditLog.append(event, in: ks, dbs: dbs, context: context)
+                throw AuditedRefusal(error: .notFound)
+            }
+            try AuditLog.append(event, in: ks, dbs: dbs, context: context)
+            return opened
+        }
+    }
+
+    /// Corrects a record: a new version under a new DEK replaces it; the old DEK is
+    /// destroyed and the old ciphertext deleted. Refused while a legal hold covers it.
+    public func correct(_ id: RecordID, data: SensitiveBytes, tenant: TenantID, actor: Actor) async throws -> RecordReceipt {
+        try await perform { ks, rec, context in
+            let dbs = self.writer.stores.ks
+            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+            var event = AuditLog.Event(tenant: t.auditTenant, actor: actor, action: "record.correct", target: "record:\(id)")
+            let root = try t.rootKey(context)
+            guard let old = try t.live(id, now: context.now, in: ks, dbs: dbs),
+                  let opened = try t.open(id, old, root: root, keystore: ks, records: rec, dbs: dbs,
+                                          ciphertexts: self.writer.stores.rec)
+            else {
+                event.outcome = "not_found"
+                try AuditLog.append(event, in: ks, dbs: dbs, context: context)
+                throw AuditedRefusal(error: .notFound)
+            }
+            if try t.isHeld(id, tag: old.tag, in: ks, dbs: dbs) {
+                event.outcome = "refused:legal_hold"
+                try AuditLog.append(event, in: ks, dbs: dbs, context: context)
+                throw AuditedRefusal(error: .legalHold("record \(id) is under a legal hold"))
+            }
+            var m = old
+            m.version = old.version + 1
+            try t.store(id, meta: &m, subject: opened.subject, data: data, root: root, keystore: ks, records: rec,
+                        dbs: dbs, ciphertexts: self.writer.stores.rec)
+            try t.markDirty(old.bucket, in: ks, dbs: dbs)
+            context.ciphertextDeletes.append(Layout.ciphertextKey(t.number, id, old.version))
+            try AuditLog.append(event, in: ks, dbs: dbs, context: context)
+            return RecordReceipt(id: id, createdAt: m.createdAt, expiresAt: m.expiresAt, version: m.version)
+        }
+    }
+
+    /// Deletes a record (the client's instruction). Refused while a legal hold covers it.
+    public func delete(_ id: RecordID, tenant: TenantID, actor: Actor) async throws {
+        try await perform { ks, _, context in
+            let dbs = self.writer.stores.ks
+            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+            var event = AuditLog.Event(tenant: t.auditTenant, actor: actor, action: "record.delete", target: "record:\(id)")
+            guard let m = try t.live(id, now: context.now, in: ks, dbs: dbs) else {
+                event.outcome = "not_found"
+                try AuditLog.append(event, in: ks, dbs: dbs, context: context)
+                throw AuditedRefusal(error: .notFound)
+            }
+            if try t.isHeld(id, tag: m.tag, in: ks, dbs: dbs) {
+                event.outcome = "refused:legal_hold"
+                try AuditLog.append(event, in: ks, dbs: dbs, context: context)
+                throw AuditedRefusal(error: .legalHold("record \(id) is under a legal hold"))
+            }
+            try t.destroy(id, m, in: ks, dbs: dbs, context: context)
+            try AuditLog.append(event, in: ks, dbs: dbs, context: context)
+        }
+    }
+
+    /// A subject's live records, decrypted. With `export`, audited as a disclosure.
+    public func records(of subject: Subject, tenant: TenantID, actor: Actor, export: Bool = false) async throws -> [OpenedRecord] {
+        try await perform { ks, rec, context in
+            let dbs = self.writer.stores.ks
+            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+            let root = try t.rootKey(context)
+            let tag = try t.tag(of: subject, root: root)
+            var out: [OpenedRecord] = []
+            for id in try t.recordIDs(tag: tag, in: ks, dbs: dbs) {
+                guard let m = try t.live(id, now: context.now, in: ks, dbs: dbs),
+                      let r = try t.open(id, m, root: root, keystore: ks, records: rec, dbs: dbs,
+                                         ciphertexts: self.writer.stores.rec) else { continue }
+                out.append(r)
+            }
+            try AuditLog.append(.init(tenant: t.auditTenant, actor: actor, action: export ? "subject.export" : "subject.list",
+                                      target: "subject:\(tag.hex)", count: UInt64(out.count)),
+                                in: ks, dbs: dbs, context: context)
+            return out
+        }
+    }
+}
+
+extension ResolvedTenant {
+    func recordIDs(tag: [UInt8], in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> [RecordID] {
+        var ids: [RecordID] = []
+        let prefix = Layout.subjectPrefix(number, tag)
+        try txn.forEach(in: dbs.subjects, from: prefix, prefix: prefix) { k, _ in
+            ids.append(RecordID(bytes: Array(k[(4 + 16)...])))
+            return .continue
+        }
+        return ids
+    }
+}

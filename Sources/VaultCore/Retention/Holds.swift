@@ -1,0 +1,144 @@
+import LMDB
+import Sodium
+
+/// A legal hold: held records neither expire nor erase until it is removed.
+public struct LegalHold: Sendable, Equatable {
+    public enum Target: Sendable, Equatable {
+        /// A subject, named only by its tag (hex): the subject string is never stored.
+        case subjectTag(String)
+        case record(RecordID)
+    }
+    public let id: String
+    public let target: Target
+    public let reason: String
+    public let reference: String
+    public let createdAt: Int64
+}
+
+/// What a new hold covers.
+public enum HoldTarget: Sendable {
+    case subject(Subject)
+    case record(RecordID)
+}
+
+extension ResolvedTenant {
+    /// Hold texts (reason, reference) may name people: they are sealed under a key derived
+    /// from the tenant's blinding key, which is stable across rotations.
+    func holdTextKey(root: Key) throws -> Key {
+        let sbk = try blindingKey(root: root)
+        return Key(try KeyedHash.deriveKey(from: sbk.bytes, subkeyID: 1, context: "svholdtx"))
+    }
+
+    func heldKey(_ kind: LegalHoldRow.Kind, _ target: [UInt8]) -> [UInt8] {
+        Layout.tenantKey(number) + [kind.rawValue] + target
+    }
+}
+
+extension Vault {
+    /// Places a legal hold on a subject (all its records, present and future) or a record.
+    public func addHold(_ target: HoldTarget, reason: String, reference: String, tenant: TenantID,
+                        actor: Actor) async throws -> LegalHold {
+        guard reason.utf8.count <= 1000, reference.utf8.count <= 200 else {
+            throw VaultError.invalidArgument("reason must be at most 1000 bytes and reference at most 200")
+        }
+        return try await perform { ks, _, context in
+            let dbs = self.writer.stores.ks
+            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+            let root = try t.rootKey(context)
+            let now = context.now
+            let kind: LegalHoldRow.Kind
+            let targetBytes: [UInt8]
+            let publicTarget: LegalHold.Target
+            switch target {
+            case .subject(let s):
+                kind = .subject
+                targetBytes = try t.tag(of: s, root: root)
+                publicTarget = .subjectTag(targetBytes.hex)
+            case .record(let id):
+                guard try t.live(id, now: now, in: ks, dbs: dbs) != nil else { throw VaultError.notFound }
+                kind = .record
+                targetBytes = id.bytes
+                publicTarget = .record(id)
+            }
+            let id = RecordID.generate(milliseconds: now)
+            var text = ByteWriter()
+            text.string(reason)
+            text.string(reference)
+            let key = try t.holdTextKey(root: root)
+            let ad = KeyHierarchy.holdTextAD(tenant: t.number, hold: id)
+            let box = try text.bytes.withUnsafeBytes { p in
+                try ad.withUnsafeBytes { a in try AEAD.seal(p, key: key.bytes, associatedData: a) }
+            }
+            let row = LegalHoldRow(kind: kind, target: targetBytes, createdAt: now, sealedText: [1] + box)
+            try ks.put(row.encode(), forKey: Layout.tenantKey(t.number) + id.bytes, in: dbs.holds)
+            let heldKey = t.heldKey(kind, targetBytes)
+            let count: UInt32 = try ks.withValue(forKey: heldKey, in: dbs.heldTargets) { b in b.map { readBE($0, at: 0) } ?? 0 }
+            try ks.put(.be(count + 1), forKey: heldKey, in: dbs.heldTargets)
+            try AuditLog.append(.init(tenant: t.auditTenant, actor: actor, action: "hold.add", target: "hold:\(id)",
+                                      reference: reference.isEmpty ? nil : reference), in: ks, dbs: dbs, context: context)
+            return LegalHold(id: id.description, target: publicTarget, reason: reason, reference: reference, createdAt: now)
+        }
+    }
+
+    public func holds(tenant: TenantID) async throws -> [LegalHold] {
+        try await perform { ks, _, context in
+            let dbs = self.writer.stores.ks
+            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+            let key = try t.holdTextKey(root: try t.rootKey(context))
+            var out: [LegalHold] = []
+            let prefix = Layout.tenantKey(t.number)
+            try ks.forEach(in: dbs.holds, from: prefix, prefix: prefix) { k, v in
+                let id = RecordID(bytes: Array(k[4...]))
+                out.append(try Vault.decodeHold(try LegalHoldRow.decode(v), id: id, tenant: t.number, key: key))
+                return .continue
+            }
+            return out
+        }
+    }
+
+    static func decodeHold(_ row: LegalHoldRow, id: RecordID, tenant: UInt32, key: Key) throws -> LegalHold {
+        guard row.sealedText.first == 1 else { throw VaultError.corrupt("hold \(id): sealed text format") }
+        let ad = KeyHierarchy.holdTextAD(tenant: tenant, hold: id)
+        let box = Array(row.sealedText.dropFirst())
+        guard box.count >= AEAD.overhead else { throw VaultError.integrity("hold \(id) text failed authentication") }
+        var plain = [UInt8](repeating: 0, count: box.count - AEAD.overhead)
+        do {
+            try box.withUnsafeBytes { b in
+                try ad.withUnsafeBytes { a in
+                    try plain.withUnsafeMutableBytes { try AEAD.open(b, key: key.bytes, associatedData: a, into: $0) }
+                }
+            }
+        } catch {
+            throw VaultError.integrity("hold \(id) text failed authentication")
+        }
+        return try plain.withUnsafeBytes { p in
+            var r = ByteReader(p, what: "hold \(id) text")
+            let reason = try r.string(), reference = try r.string()
+            let target: LegalHold.Target = row.kind == .subject ? .subjectTag(row.target.hex) : .record(RecordID(bytes: row.target))
+            return LegalHold(id: id.description, target: target, reason: reason, reference: reference, createdAt: row.createdAt)
+        }
+    }
+
+    /// Removes a hold. Records it kept past their expiry expire at the next sweep.
+    public func removeHold(_ id: String, tenant: TenantID, actor: Actor) async throws {
+        guard let rid = RecordID(id) else { throw VaultError.notFound }
+        try await perform { ks, _, context in
+            let dbs = self.writer.stores.ks
+            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+            let key = Layout.tenantKey(t.number) + rid.bytes
+            guard let row = try ks.withValue(forKey: key, in: dbs.holds, { b in try b.map(LegalHoldRow.decode) }) else {
+                throw VaultError.notFound
+            }
+            try ks.delete(key: key, in: dbs.holds)
+            let heldKey = t.heldKey(row.kind, row.target)
+            let count: UInt32 = try ks.withValue(forKey: heldKey, in: dbs.heldTargets) { b in b.map { readBE($0, at: 0) } ?? 0 }
+            if count > 1 {
+                try ks.put(.be(count - 1), forKey: heldKey, in: dbs.heldTargets)
+            } else {
+                try ks.delete(key: heldKey, in: dbs.heldTargets)
+            }
+            try AuditLog.append(.init(tenant: t.auditTenant, actor: actor, action: "hold.remove", target: "hold:\(rid)"),
+                                in: ks, dbs: dbs, context: context)
+        }
+    }
+}

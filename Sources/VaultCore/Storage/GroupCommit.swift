@@ -1,0 +1,329 @@
+import Foundation
+import LMDB
+import Synchronization
+
+/// One operation in a group-committed batch: it runs inside child transactions of the
+/// batch's keystore and record-store write transactions.
+protocol BatchOperation: AnyObject {
+    /// Runs the operation. Throwing rolls back its child transactions (it fails alone);
+    /// `AuditedRefusal` keeps its writes (the audit entry of the refusal) and fails it.
+    func execute(keystore: borrowing Transaction, records: borrowing Transaction, context: OperationContext) throws
+    /// Delivers the outcome, after the batch is durable (or failed).
+    func finish(_ error: (any Error)?)
+}
+
+/// An operation that needs the environments to itself (sweep, rotation, compaction):
+/// it runs between batches and manages its own transactions.
+protocol ExclusiveOperation: AnyObject {
+    func execute(_ stores: Stores, context: OperationContext) throws
+    func finish(_ error: (any Error)?)
+}
+
+/// Thrown by an operation that must fail *after* committing what it wrote: a refusal
+/// (legal hold, read of an unknown id) is itself audited (DESIGN.md, Lifecycles).
+struct AuditedRefusal: Error {
+    let error: VaultError
+}
+
+/// The two environments. Only the writer thread touches them after start-up; a
+/// compaction swaps `keystore` for its compacted copy.
+final class Stores: @unchecked Sendable {
+    // unchecked: confined to the writer thread once the vault is open (see GroupCommitWriter).
+    private(set) var keystore: Environment
+    let records: Environment
+    private(set) var ks: KeystoreDatabases
+    let rec: Database
+
+    init(keystore: Environment, records: Environment) {
+        self.keystore = keystore
+        self.records = records
+        self.ks = KeystoreDatabases(keystore)
+        self.rec = records.database(Layout.ciphertexts)
+    }
+
+    /// Adopts a reopened keystore (after a compaction swap).
+    func replaceKeystore(_ env: Environment) {
+        keystore = env
+        ks = KeystoreDatabases(env)
+    }
+}
+
+/// Handles of the keystore's named databases (their dbi numbers survive a compaction copy,
+/// which preserves the main database's layout, but they are re-read on swap regardless).
+struct KeystoreDatabases {
+    let meta, tenants, policies, extensions, holds, heldTargets, buckets, deadBuckets: Database
+    let records, subjects, byBucket, audit, auditByTenant, tokens: Database
+
+    init(_ env: Environment) {
+        meta = env.database(Layout.meta); tenants = env.database(Layout.tenants)
+        policies = env.database(Layout.policies); extensions = env.database(Layout.extensions)
+        holds = env.database(Layout.holds); heldTargets = env.database(Layout.heldTargets)
+        buckets = env.database(Layout.buckets); deadBuckets = env.database(Layout.deadBuckets)
+        records = env.database(Layout.records); subjects = env.database(Layout.subjects)
+        byBucket = env.database(Layout.byBucket); audit = env.database(Layout.audit)
+        auditByTenant = env.database(Layout.auditByTenant); tokens = env.database(Layout.tokens)
+    }
+}
+
+/// The single writer of DESIGN.md's group commit: its own thread (never the cooperative
+/// pool, whose two threads must not block on fsync) takes up to `maxBatch` queued
+/// operations, runs each in child transactions of one keystore and one record-store write
+/// transaction, commits the record store first and the keystore second (a record exists
+/// iff its wrapped DEK exists, so a crash in between leaves only orphan ciphertext), and
+/// completes each caller only after both commits are durable.
+final class GroupCommitWriter: @unchecked Sendable {
+    // unchecked: `queue`, `closing` and `closed` are guarded by `condition`; `stores` and
+    // `state` are touched only on the writer thread after `start()`.
+    private enum Job {
+        case batch(any BatchOperation)
+        case exclusive(any ExclusiveOperation)
+    }
+
+    private let condition = NSCondition()
+    private var queue: [Job] = []
+    private var closing = false
+    private var finished = false
+    /// Set when the writer can no longer trust its in-memory state (a simulated crash, or
+    /// a failure it could not recover from): every later operation fails with this error.
+    private var failure: VaultError?
+    private var thread: Thread?
+
+    let stores: Stores
+    let state: WriterState
+    let maxBatch: Int
+
+    /// Batches committed and operations they carried (for metrics and tests).
+    let batchesCommitted = Atomic<Int>(0)
+    let operationsCommitted = Atomic<Int>(0)
+
+    init(stores: Stores, state: WriterState, maxBatch: Int) {
+        self.stores = stores
+        self.state = state
+        self.maxBatch = max(1, maxBatch)
+    }
+
+    func start() {
+        let t = Thread { [self] in run() }
+        t.name = "shredvault-writer"
+        thread = t
+        t.start()
+    }
+
+    /// Queues an operation; fails at once with `.shuttingDown` once closing has begun.
+    func submit(_ op: any BatchOperation) {
+        enqueue(.batch(op)) { op.finish(VaultError.shuttingDown) }
+    }
+
+    func submit(_ op: any ExclusiveOperation) {
+        enqueue(.exclusive(op)) { op.finish(VaultError.shuttingDown) }
+    }
+
+    private func enqueue(_ job: Job, refuse: () -> Void) {
+        condition.lock()
+        if closing || failure != nil {
+            condition.unlock()
+            refuse()
+            return
+        }
+        queue.append(job)
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// Stops taking operations, finishes everything already queued, and returns when the
+    /// writer thread has exited.
+    func close() {
+        condition.lock()
+        closing = true
+        condition.broadcast()
+        while !finished { condition.wait() }
+        condition.unlock()
+    }
+
+    private func run() {
+        while true {
+            condition.lock()
+            while queue.isEmpty && !closing && state.pendingCiphertextDeletes.isEmpty {
+                condition.wait()
+            }
+            if queue.isEmpty && closing {
+                condition.unlock()
+                break
+            }
+            var batch: [any BatchOperation] = []
+            var exclusive: (any ExclusiveOperation)?
+            if case .exclusive(let op) = queue.first {
+                exclusive = op
+                queue.removeFirst()
+            } else {
+                var taken = 0
+                while taken < queue.count && batch.count < maxBatch, case .batch(let op) = queue[taken] {
+                    batch.append(op)
+                    taken += 1
+                }
+                queue.removeFirst(taken)
+            }
+            condition.unlock()
+
+            if let failure = currentFailure() {
+                exclusive?.finish(failure)
+                for op in batch { op.finish(failure) }
+            } else if let exclusive {
+                runExclusive(exclusive)
+            } else {
+                runBatch(batch)
+            }
+        }
+        // Drain deletions of ciphertext whose keys are already gone, then stop.
+        if !state.pendingCiphertextDeletes.isEmpty && currentFailure() == nil { runBatch([]) }
+        condition.lock()
+        finished = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    private func currentFailure() -> VaultError? {
+        condition.lock()
+        defer { condition.unlock() }
+        return failure
+    }
+
+    private func fail(_ error: VaultError) {
+        condition.lock()
+        failure = error
+        condition.unlock()
+    }
+
+    private func runExclusive(_ op: any ExclusiveOperation) {
+        let context = OperationContext(state: state)
+        do {
+            try op.execute(stores, context: context)
+            state.commit(context)
+            op.finish(nil)
+        } catch is SimulatedCrash {
+            fail(.io("the writer stopped at a simulated crash; reopen the vault"))
+            op.finish(VaultError.io("simulated crash"))
+        } catch {
+            // An exclusive operation commits in several transactions: re-read the audit
+            // head from what is durable rather than trust memory.
+            do {
+                state.auditHead = try stores.keystore.read { try AuditLog.head(in: $0, dbs: stores.ks) }
+            } catch {
+                fail(.io("the audit head cannot be re-read after a failed maintenance operation; reopen the vault"))
+            }
+            op.finish(VaultError.mapping(error))
+        }
+    }
+
+    private func runBatch(_ ops: [any BatchOperation]) {
+        let context = OperationContext(state: state)
+        var outcomes = [(any Error)?](repeating: nil, count: ops.count)
+        let deletes = state.pendingCiphertextDeletes
+        do {
+            try stores.keystore.write { ks in
+                try stores.records.write { rec in
+                    for key in deletes { try rec.delete(key: key, in: stores.rec) }
+                    for (i, op) in ops.enumerated() {
+                        let mark = context.mark()
+                        do {
+                            let refusal: VaultError? = try ks.withChild { ksChild in
+                                try rec.withChild { recChild in
+                                    do {
+                                        try op.execute(keystore: ksChild, records: recChild, context: context)
+                                        return nil
+                                    } catch let r as AuditedRefusal {
+                                        return r.error
+                                    }
+                                }
+                            }
+                            outcomes[i] = refusal
+                        } catch {
+                            context.rollback(to: mark)
+                            outcomes[i] = VaultError.mapping(error)
+                        }
+                    }
+                }
+                // The record store is durable here: deletions of earlier batches are done.
+                state.pendingCiphertextDeletes.removeFirst(deletes.count)
+            }
+        } catch {
+            state.abandon(context)
+            let failure = VaultError.mapping(error)
+            for op in ops { op.finish(failure) }
+            return
+        }
+        state.commit(context)
+        batchesCommitted.add(1, ordering: .relaxed)
+        operationsCommitted.add(ops.count, ordering: .relaxed)
+        for (i, op) in ops.enumerated() { op.finish(outcomes[i]) }
+    }
+}
+
+/// Bridges an async caller to the writer: a batch operation whose body returns a value.
+final class PendingOperation<T: Sendable>: BatchOperation, @unchecked Sendable {
+    // unchecked: `result` is written on the writer thread before `finish` and read only by it.
+    typealias Body = (borrowing Transaction, borrowing Transaction, OperationContext) throws -> T
+    private let body: Body
+    private var result: T?
+    private let continuation: CheckedContinuation<T, any Error>
+
+    init(body: @escaping Body, continuation: CheckedContinuation<T, any Error>) {
+        self.body = body
+        self.continuation = continuation
+    }
+
+    func execute(keystore: borrowing Transaction, records: borrowing Transaction, context: OperationContext) throws {
+        result = try body(keystore, records, context)
+    }
+
+    func finish(_ error: (any Error)?) {
+        if let error {
+            continuation.resume(throwing: error)
+        } else if let result {
+            continuation.resume(returning: result)
+        } else {
+            continuation.resume(throwing: VaultError.io("operation produced no result"))
+        }
+    }
+}
+
+final class PendingExclusive<T: Sendable>: ExclusiveOperation, @unchecked Sendable {
+    // unchecked: as PendingOperation.
+    typealias Body = (Stores, OperationContext) throws -> T
+    private let body: Body
+    private var result: T?
+    private let continuation: CheckedContinuation<T, any Error>
+
+    init(body: @escaping Body, continuation: CheckedContinuation<T, any Error>) {
+        self.body = body
+        self.continuation = continuation
+    }
+
+    func execute(_ stores: Stores, context: OperationContext) throws {
+        result = try body(stores, context)
+    }
+
+    func finish(_ error: (any Error)?) {
+        if let error {
+            continuation.resume(throwing: error)
+        } else if let result {
+            continuation.resume(returning: result)
+        } else {
+            continuation.resume(throwing: VaultError.io("operation produced no result"))
+        }
+    }
+}
+
+extension VaultError {
+    /// Maps any error from below into what callers switch on; LMDB's map-full becomes
+    /// `.storageFull` so the daemon can answer 503 with nothing half-written.
+    static func mapping(_ error: any Error) -> VaultError {
+        switch error {
+        case let e as VaultError: return e
+        case let e as AuditedRefusal: return e.error
+        case let e as LMDBError where e.isMapFull: return .storageFull
+        case let e as LMDBError: return .io("LMDB: \(e)")
+        default: return .io("\(error)")
+        }
+    }
+}

@@ -1,0 +1,244 @@
+/// The stored formats of the keystore. Each encodes to a blob whose first byte is its
+/// format version; `decode` refuses any other version with `VaultError.corrupt`.
+
+struct TenantRow: Equatable {
+    enum Status: UInt8 { case active = 1, offboarded = 2 }
+    var number: UInt32
+    var status: Status
+    var createdAt: Int64
+    /// Renewed by each rotation (DESIGN.md, Rotate step 2); part of every AD under the TRK.
+    var trkGeneration: UInt32
+    /// TRK sealed under the master key; empty once offboarded (the key is destroyed).
+    var wrappedTRK: [UInt8]
+    /// SBK sealed under the TRK; empty once offboarded.
+    var wrappedSBK: [UInt8]
+
+    static let format: UInt8 = 1
+
+    func encode() -> [UInt8] {
+        var w = ByteWriter(capacity: 180)
+        w.u8(Self.format)
+        w.u32(number)
+        w.u8(status.rawValue)
+        w.i64(createdAt)
+        w.u32(trkGeneration)
+        w.field(wrappedTRK)
+        w.field(wrappedSBK)
+        return w.bytes
+    }
+
+    static func decode(_ b: UnsafeRawBufferPointer) throws -> TenantRow {
+        var r = ByteReader(b, what: "tenant row")
+        try r.format(format)
+        let number = try r.u32()
+        guard let status = Status(rawValue: try r.u8()) else { throw VaultError.corrupt("tenant row: bad status") }
+        let row = TenantRow(number: number, status: status, createdAt: try r.i64(), trkGeneration: try r.u32(),
+                            wrappedTRK: try r.field(), wrappedSBK: try r.field())
+        try r.end()
+        return row
+    }
+}
+
+struct BucketRow: Equatable {
+    var version: UInt32
+    /// Set when a DEK under this bucket key was destroyed (erasure, deletion, correction):
+    /// the next rotation re-keys the bucket so the old wrapped DEK can never be opened.
+    var dirty: Bool
+    var wrappedBK: [UInt8]
+
+    static let format: UInt8 = 1
+
+    func encode() -> [UInt8] {
+        var w = ByteWriter(capacity: 84)
+        w.u8(Self.format)
+        w.u32(version)
+        w.u8(dirty ? 1 : 0)
+        w.field(wrappedBK)
+        return w.bytes
+    }
+
+    static func decode(_ b: UnsafeRawBufferPointer) throws -> BucketRow {
+        var r = ByteReader(b, what: "bucket row")
+        try r.format(format)
+        let row = BucketRow(version: try r.u32(), dirty: try r.u8() != 0, wrappedBK: try r.field())
+        try r.end()
+        return row
+    }
+}
+
+/// What the keystore holds about one record: only what expiry and routing need in clear
+/// (DESIGN.md, Principles 1), plus the record's data key wrapped under its bucket key.
+struct RecordMeta: Equatable {
+    var category: DataCategory
+    var channel: Channel
+    var createdAt: Int64
+    var expiresAt: Int64
+    var version: UInt32
+    var tag: [UInt8]          // 16
+    var bucket: UInt64
+    var bucketVersion: UInt32
+    var ciphertextCount: UInt32
+    var wrappedDEK: [UInt8]
+
+    static let format: UInt8 = 1
+
+    func encode() -> [UInt8] {
+        var w = ByteWriter(capacity: 150)
+        w.u8(Self.format)
+        w.u8(category.code)
+        w.u8(channel.code)
+        w.i64(createdAt)
+        w.i64(expiresAt)
+        w.u32(version)
+        w.raw(tag)
+        w.u64(bucket)
+        w.u32(bucketVersion)
+        w.u32(ciphertextCount)
+        w.field(wrappedDEK)
+        return w.bytes
+    }
+
+    static func decode(_ b: UnsafeRawBufferPointer) throws -> RecordMeta {
+        var r = ByteReader(b, what: "record metadata")
+        try r.format(format)
+        let m = RecordMeta(
+            category: try DataCategory(code: try r.u8()), channel: try Channel(code: try r.u8()),
+            createdAt: try r.i64(), expiresAt: try r.i64(), version: try r.u32(), tag: try r.raw(16),
+            bucket: try r.u64(), bucketVersion: try r.u32(), ciphertextCount: try r.u32(), wrappedDEK: try r.field())
+        try r.end()
+        return m
+    }
+
+    /// Binds a ciphertext to everything stored about its record in clear: moving a sealed
+    /// record under other metadata (another tenant, id, version, category, expiry) fails.
+    func digest(tenant: UInt32, id: RecordID) -> [UInt8] {
+        var w = ByteWriter(capacity: 64)
+        w.u32(tenant)
+        w.raw(id.bytes)
+        w.u8(category.code)
+        w.u8(channel.code)
+        w.i64(createdAt)
+        w.i64(expiresAt)
+        w.raw(tag)
+        return KeyedHashDigest.of(w.bytes)
+    }
+}
+
+public struct RetentionPolicy: Equatable, Sendable {
+    /// Seconds a record is kept after collection, for categories without an override.
+    public var defaultSeconds: Int64
+    public var categories: [DataCategory: Int64]
+
+    public static let standardMaximum: Int64 = 92 * 86_400
+    public static let standard = RetentionPolicy(defaultSeconds: standardMaximum, categories: [:])
+
+    public init(defaultSeconds: Int64, categories: [DataCategory: Int64]) {
+        self.defaultSeconds = defaultSeconds
+        self.categories = categories
+    }
+
+    public func seconds(for category: DataCategory) -> Int64 { categories[category] ?? defaultSeconds }
+
+    static let format: UInt8 = 1
+
+    func encode() -> [UInt8] {
+        var w = ByteWriter()
+        w.u8(Self.format)
+        w.i64(defaultSeconds)
+        let entries = categories.sorted { $0.key.code < $1.key.code }
+        w.u8(UInt8(entries.count))
+        for (c, s) in entries { w.u8(c.code); w.i64(s) }
+        return w.bytes
+    }
+
+    static func decode(_ b: UnsafeRawBufferPointer) throws -> RetentionPolicy {
+        var r = ByteReader(b, what: "retention policy")
+        try r.format(format)
+        var p = RetentionPolicy(defaultSeconds: try r.i64(), categories: [:])
+        for _ in 0..<(try r.u8()) { p.categories[try DataCategory(code: try r.u8())] = try r.i64() }
+        try r.end()
+        return p
+    }
+}
+
+/// A tenant's recorded contract allowing retention longer than the standard maximum.
+public struct RetentionExtension: Equatable, Sendable {
+    public enum Purpose: String, Sendable, CaseIterable, Codable {
+        case quality, legal, other
+        var code: UInt8 { UInt8(Purpose.allCases.firstIndex(of: self)! + 1) }
+    }
+    public var id: String            // 26-char id (RecordID text form, reused as a time-ordered id)
+    public var purpose: Purpose
+    public var reference: String
+    public var retentionSeconds: Int64
+    public var categories: [DataCategory]
+    public var until: Int64          // ms
+    public var createdAt: Int64
+    public var endedAt: Int64?
+
+    /// Active at `now`: started, not ended, not past `until`.
+    public func isActive(at now: Int64) -> Bool { endedAt == nil && now < until && now >= createdAt }
+
+    static let format: UInt8 = 1
+
+    func encode() -> [UInt8] {
+        var w = ByteWriter()
+        w.u8(Self.format)
+        w.u8(purpose.code)
+        w.string(reference)
+        w.i64(retentionSeconds)
+        w.u8(UInt8(categories.count))
+        for c in categories { w.u8(c.code) }
+        w.i64(until)
+        w.i64(createdAt)
+        w.i64(endedAt ?? 0)
+        return w.bytes
+    }
+
+    static func decode(_ b: UnsafeRawBufferPointer, id: RecordID) throws -> RetentionExtension {
+        var r = ByteReader(b, what: "retention extension")
+        try r.format(format)
+        let p = try r.u8()
+        guard p >= 1, Int(p) <= Purpose.allCases.count else { throw VaultError.corrupt("retention extension: bad purpose") }
+        let reference = try r.string()
+        let retention = try r.i64()
+        var cats: [DataCategory] = []
+        for _ in 0..<(try r.u8()) { cats.append(try DataCategory(code: try r.u8())) }
+        let until = try r.i64(), created = try r.i64(), ended = try r.i64()
+        try r.end()
+        return RetentionExtension(id: id.description, purpose: Purpose.allCases[Int(p) - 1], reference: reference,
+                                  retentionSeconds: retention, categories: cats, until: until, createdAt: created,
+                                  endedAt: ended == 0 ? nil : ended)
+    }
+}
+
+/// A legal hold as stored: the target in clear (a subject *tag* or a record id, both
+/// already stored in clear elsewhere), the free-text reason and reference sealed.
+struct LegalHoldRow: Equatable {
+    enum Kind: UInt8 { case subject = 1, record = 2 }
+    var kind: Kind
+    var target: [UInt8]     // 16: subject tag or record id
+    var createdAt: Int64
+    var sealedText: [UInt8] // reason and reference, sealed under the tenant's text key
+
+    static let format: UInt8 = 1
+
+    func encode() -> [UInt8] {
+        var w = ByteWriter()
+        w.u8(Self.format)
+        w.u8(kind.rawValue)
+        w.raw(target)
+        w.i64(createdAt)
+        w.field(sealedText)
+        return w.bytes
+    }
+
+    static func decode(_ b: UnsafeRawBufferPointer) throws -> LegalHoldRow {
+        var r = ByteReader(b, what: "legal hold")
+        try r.format(format)
+        guard let kind = Kind(rawValue: try r.u8()) else { throw VaultError.corrupt("legal hold: bad kind") }
+        let row = LegalHoldRow(kind: kind, target: try r.raw(16), createdAt: try r.i64(), sealedText: try r.field())
+        try r.end()
+        return row
+    }
+}

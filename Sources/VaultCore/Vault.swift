@@ -1,0 +1,254 @@
+import LMDB
+public import Sodium
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where the vault reads the time, in milliseconds since the Unix epoch. Tests inject a
+/// manual clock to cross expiry boundaries without sleeping.
+public struct VaultClock: Sendable {
+    public let now: @Sendable () -> Int64
+    public init(now: @escaping @Sendable () -> Int64) { self.now = now }
+    public static let system = VaultClock {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+    }
+}
+
+public struct VaultConfiguration: Sendable {
+    /// Width of an expiry bucket: records whose `expires_at` falls in the same window share
+    /// one bucket key, destroyed when the window is past (DESIGN.md, Key hierarchy).
+    public var bucketWidthSeconds: Int64 = 86_400
+    /// Most operations group-committed in one LMDB write transaction.
+    public var maxBatch: Int = 256
+    public var keystoreMapSize: Int = 8 << 30
+    public var recordsMapSize: Int = 64 << 30
+    /// Dead entries removed per sweep transaction.
+    public var sweepBatchSize: Int = 5_000
+    public var clock: VaultClock = .system
+    /// Test-only: called at named points of rotation and compaction; throwing there
+    /// simulates a crash at that point.
+    var faultInjector: (@Sendable (FaultPoint) throws -> Void)? = nil
+
+    public init(bucketWidthSeconds: Int64 = 86_400, maxBatch: Int = 256, keystoreMapSize: Int = 8 << 30,
+                recordsMapSize: Int = 64 << 30, sweepBatchSize: Int = 5_000, clock: VaultClock = .system) {
+        self.bucketWidthSeconds = bucketWidthSeconds
+        self.maxBatch = maxBatch
+        self.keystoreMapSize = keystoreMapSize
+        self.recordsMapSize = recordsMapSize
+        self.sweepBatchSize = sweepBatchSize
+        self.clock = clock
+    }
+
+    func validate() throws {
+        guard bucketWidthSeconds >= 1 else { throw VaultError.invalidArgument("bucket width must be at least 1 second") }
+        guard maxBatch >= 1 else { throw VaultError.invalidArgument("batch size must be at least 1") }
+        guard sweepBatchSize >= 1 else { throw VaultError.invalidArgument("sweep batch size must be at least 1") }
+    }
+}
+
+/// Named points where a crash is simulated in tests (rotation and compaction).
+enum FaultPoint: Sendable, Equatable {
+    case rotationNextKeyWritten
+    case rotationKeystoreCommitted
+    case rotationKeyPromoted
+    case compactionCopied
+    case compactionBetweenRenames
+}
+
+/// The vault: a data directory (`keystore/` and `records/` LMDB environments) and a
+/// master key file. Every operation goes through one group-commit writer thread; a call
+/// returns only when its effect and its audit entry are durable.
+public final class Vault: Sendable {
+    let writer: GroupCommitWriter
+    private let lock: DirectoryLock
+    public let dataDirectory: String
+    public let configuration: VaultConfiguration
+
+    private init(writer: GroupCommitWriter, lock: DirectoryLock, dataDirectory: String, configuration: VaultConfiguration) {
+        self.writer = writer
+        self.lock = lock
+        self.dataDirectory = dataDirectory
+        self.configuration = configuration
+    }
+
+    static let metaFormatKey = Array("format".utf8)
+    static let metaMasterKey = Array("master_key".utf8)
+    static let metaNextTenant = Array("next_tenant".utf8)
+    static let storeFormat: UInt8 = 1
+
+    /// Initialises a new vault: creates the data directory (0700) and a new master key
+    /// file (0600), then opens it. Refuses to touch an existing vault or key file.
+    public static func create(dataDirectory: String, masterKeyFile: String,
+                              configuration: VaultConfiguration = .init()) throws -> Vault {
+        try Sodium.initialize()
+        try configuration.validate()
+        try Posix.makeDirectory(dataDirectory)
+        if Posix.exists(dataDirectory + "/keystore/data.mdb") {
+            throw VaultError.dataDirectory("\(dataDirectory) already holds a vault")
+        }
+        let file = MasterKeyFile(path: masterKeyFile)
+        try file.create()
+        return try open(dataDirectory: dataDirectory, masterKeyFile: masterKeyFile, configuration: configuration,
+                        initialise: true)
+    }
+
+    /// Opens an existing vault. Refuses (with a clear error) a world-writable data
+    /// directory, a key file readable by others, a key that does not match the keystore,
+    /// or a directory another process holds.
+    public static func open(dataDirectory: String, masterKeyFile: String,
+                            configuration: VaultConfiguration = .init()) throws -> Vault {
+        try open(dataDirectory: dataDirectory, masterKeyFile: masterKeyFile, configuration: configuration,
+                 initialise: false)
+    }
+
+    private static func open(dataDirectory: String, masterKeyFile: String, configuration: VaultConfiguration,
+                             initialise: Bool) throws -> Vault {
+        try Sodium.initialize()
+        try configuration.validate()
+        guard Posix.isDirectory(dataDirectory) else {
+            throw VaultError.dataDirectory("\(dataDirectory) does not exist (initialise it first)")
+        }
+        if let mode = Posix.mode(dataDirectory), mode & 0o002 != 0 {
+            throw VaultError.dataDirectory("\(dataDirectory) is world-writable; run chmod o-w \(dataDirectory)")
+        }
+        let lock = try DirectoryLock(directory: dataDirectory)
+        let keystorePath = dataDirectory + "/keystore"
+        try Compaction.recoverInterruptedSwap(keystorePath: keystorePath)
+        if !initialise && !Posix.exists(keystorePath + "/data.mdb") {
+            throw VaultError.dataDirectory("\(dataDirectory) holds no vault (initialise it first)")
+        }
+        let keystore = try Environment(path: keystorePath,
+                                       options: .init(mapSize: configuration.keystoreMapSize),
+                                       databases: Layout.keystoreDatabases)
+        let records: Environment
+        do {
+            records = try Environment(path: dataDirectory + "/records",
+                                      options: .init(mapSize: configuration.recordsMapSize),
+                                      databases: Layout.recordsDatabases)
+        } catch {
+            keystore.close()
+            throw VaultError.mapping(error)
+        }
+        let stores = Stores(keystore: keystore, records: records)
+        do {
+            let file = MasterKeyFile(path: masterKeyFile)
+            let (key, generation) = try initialise
+                ? initialiseKeystore(stores, file: file)
+                : loadMasterKey(stores, file: file)
+            let head = try keystore.read { try AuditLog.head(in: $0, dbs: stores.ks) }
+            let state = WriterState(configuration: configuration, masterKeyFile: file, masterKey: key,
+                                    masterGeneration: generation, auditHead: head)
+            let writer = GroupCommitWriter(stores: stores, state: state, maxBatch: configuration.maxBatch)
+            writer.start()
+            return Vault(writer: writer, lock: lock, dataDirectory: dataDirectory, configuration: configuration)
+        } catch {
+            keystore.close()
+            records.close()
+            throw VaultError.mapping(error)
+        }
+    }
+
+    private static func initialiseKeystore(_ stores: Stores, file: MasterKeyFile) throws -> (Key, UInt64) {
+        let loaded = try file.load()
+        let key = Key(try loaded.key.copy())
+        try stores.keystore.write { txn in
+            guard try txn.value(forKey: metaFormatKey, in: stores.ks.meta) == nil else {
+                throw VaultError.dataDirectory("the keystore is already initialised")
+            }
+            try txn.put([storeFormat], forKey: metaFormatKey, in: stores.ks.meta)
+            try txn.put(masterCheck(key: key, generation: loaded.generation), forKey: metaMasterKey, in: stores.ks.meta)
+            try txn.put(.be(UInt32(1)), forKey: metaNextTenant, in: stores.ks.meta)
+        }
+        return (key, loaded.generation)
+    }
+
+    /// The keystore's record of which master key wraps it: the generation and a sealed
+    /// empty message that only that key opens.
+    static func masterCheck(key: Key, generation: UInt64) throws -> [UInt8] {
+        let ad = KeyHierarchy.masterCheckAD(generation: generation)
+        let box = try ad.withUnsafeBytes { a in
+            try AEAD.seal(UnsafeRawBufferPointer(start: nil, count: 0), key: key.bytes, associatedData: a)
+        }
+        return [1] + .be(generation) + box
+    }
+
+    static func checkMatches(_ check: [UInt8], key: borrowing SecretBytes, generation: UInt64) -> Bool {
+        guard check.count == 1 + 8 + AEAD.overhead, check[0] == 1 else { return false }
+        let g = check[1..<9].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        guard g == generation else { return false }
+        let ad = KeyHierarchy.masterCheckAD(generation: generation)
+        var empty = [UInt8]()
+        return check.withUnsafeBytes { c in
+            ad.withUnsafeBytes { a in
+                empty.withUnsafeMutableBytes { out in
+                    (try? AEAD.open(UnsafeRawBufferPointer(rebasing: c[9...]), key: key, associatedData: a, into: out)) != nil
+                }
+            }
+        }
+    }
+
+    /// Loads the master key that matches the keystore, finishing or undoing a rotation
+    /// that was interrupted between writing the next key and renaming it into place.
+    private static func loadMasterKey(_ stores: Stores, file: MasterKeyFile) throws -> (Key, UInt64) {
+        let (format, check) = try stores.keystore.read { txn in
+            (try txn.value(forKey: metaFormatKey, in: stores.ks.meta),
+             try txn.value(forKey: metaMasterKey, in: stores.ks.meta))
+        }
+        guard let format, let check else { throw VaultError.dataDirectory("the keystore is not initialised") }
+        guard format == [storeFormat] else { throw VaultError.corrupt("keystore format \(format) is not supported") }
+        guard check.count > 9 else { throw VaultError.corrupt("master key check") }
+        let storeGeneration = check[1..<9].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+
+        if Posix.exists(file.path) {
+            let current = try file.load()
+            if current.generation == storeGeneration, checkMatches(check, key: current.key, generation: storeGeneration) {
+                // A `.next` file here is a rotation that never committed: destroy it.
+                if Posix.exists(file.nextPath) { try Posix.shred(file.nextPath) }
+                return (Key(try current.key.copy()), storeGeneration)
+            }
+        }
+        if Posix.exists(file.nextPath) {
+            let next = try MasterKeyFile.load(file.nextPath)
+            if next.generation == storeGeneration, checkMatches(check, key: next.key, generation: storeGeneration) {
+                // The keystore committed the new generation; finish the rename.
+                try file.promoteNext()
+                return (Key(try next.key.copy()), storeGeneration)
+            }
+        }
+        if !Posix.exists(file.path) {
+            throw VaultError.masterKey("cannot open \(file.path): no such file")
+        }
+        throw VaultError.masterKey("\(file.path) does not match this keystore (it expects generation \(storeGeneration))")
+    }
+
+    /// Finishes queued operations, commits, closes both environments. Idempotent.
+    public func close() {
+        writer.close()
+        writer.stores.keystore.close()
+        writer.stores.records.close()
+        lock.release()
+    }
+
+    // MARK: Plumbing
+
+    /// Runs `body` as one operation of the next group-committed batch.
+    func perform<T: Sendable>(_ body: @escaping PendingOperation<T>.Body) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            writer.submit(PendingOperation(body: body, continuation: continuation))
+        }
+    }
+
+    /// Runs `body` alone on the writer thread, between batches.
+    func performExclusive<T: Sendable>(_ body: @escaping PendingExclusive<T>.Body) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            writer.submit(PendingExclusive(body: body, continuation: continuation))
+        }
+    }
+
+    /// Batches committed so far and operations they carried: their ratio is the mean batch size.
+    public var groupCommitStatistics: (batches: Int, operations: Int) {
+        (writer.batchesCommitted.load(ordering: .relaxed), writer.operationsCommitted.load(ordering: .relaxed))
+    }
+}

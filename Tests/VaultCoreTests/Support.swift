@@ -1,0 +1,103 @@
+import Foundation
+import Synchronization
+import Sodium
+@testable import VaultCore
+
+/// A temporary directory per test, removed when the value is released.
+final class TemporaryDirectory: Sendable {
+    let path: String
+
+    init() {
+        let base = FileManager.default.temporaryDirectory.path
+        path = base + "/shredvault-test-" + UUID().uuidString.prefix(8).lowercased()
+        try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true,
+                                                 attributes: [.posixPermissions: 0o700])
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+
+    var data: String { path + "/data" }
+    var keyFile: String { path + "/keys/master.key" }
+}
+
+/// A clock tests move by hand, to cross expiry boundaries without sleeping.
+final class ManualClock: Sendable {
+    private let ms: Mutex<Int64>
+    init(_ start: Int64 = 1_800_000_000_000) { ms = Mutex(start) }
+    var now: Int64 { ms.withLock { $0 } }
+    func advance(seconds: Int64) { ms.withLock { $0 += seconds * 1000 } }
+    func advance(milliseconds: Int64) { ms.withLock { $0 += milliseconds } }
+    var vaultClock: VaultClock { VaultClock { self.now } }
+}
+
+/// A vault in a fresh temporary directory.
+struct TestVault {
+    let dir: TemporaryDirectory
+    let clock: ManualClock
+    var configuration: VaultConfiguration
+    let vault: Vault
+
+    init(bucketWidthSeconds: Int64 = 86_400, maxBatch: Int = 256, sweepBatchSize: Int = 5_000,
+         faults: (@Sendable (FaultPoint) throws -> Void)? = nil) throws {
+        dir = TemporaryDirectory()
+        clock = ManualClock()
+        try FileManager.default.createDirectory(atPath: dir.path + "/keys", withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o700])
+        configuration = VaultConfiguration(bucketWidthSeconds: bucketWidthSeconds, maxBatch: maxBatch,
+                                           keystoreMapSize: 256 << 20, recordsMapSize: 1 << 30,
+                                           sweepBatchSize: sweepBatchSize, clock: clock.vaultClock)
+        configuration.faultInjector = faults
+        vault = try Vault.create(dataDirectory: dir.data, masterKeyFile: dir.keyFile, configuration: configuration)
+    }
+
+    /// Closes this vault and opens the same directory again.
+    func reopen(faults: (@Sendable (FaultPoint) throws -> Void)? = nil) throws -> Vault {
+        vault.close()
+        var c = configuration
+        c.faultInjector = faults
+        return try Vault.open(dataDirectory: dir.data, masterKeyFile: dir.keyFile, configuration: c)
+    }
+}
+
+let agent = Actor("tok-agent")
+let admin = Actor("tok-admin")
+
+func tenant(_ s: String) -> TenantID { try! TenantID(s) }
+
+func payload(_ text: String) -> SensitiveBytes { SensitiveBytes(copying: Array(text.utf8)) }
+
+func newRecord(_ subject: String, _ data: String, category: DataCategory = .personal, channel: Channel = .phone,
+               retention: Int64? = nil) throws -> NewRecord {
+    NewRecord(subject: try Subject(subject), category: category, channel: channel, data: payload(data),
+              retentionSeconds: retention)
+}
+
+extension SensitiveBytes {
+    var text: String { withUnsafeBytes { String(decoding: $0, as: UTF8.self) } }
+}
+
+/// Every file under `path`, recursively, as bytes.
+func allFiles(under path: String) throws -> [(String, [UInt8])] {
+    var out: [(String, [UInt8])] = []
+    guard let e = FileManager.default.enumerator(atPath: path) else { return out }
+    for case let rel as String in e {
+        let full = path + "/" + rel
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: full, isDirectory: &isDir), !isDir.boolValue {
+            out.append((full, Array(try Data(contentsOf: URL(fileURLWithPath: full)))))
+        }
+    }
+    return out
+}
+
+func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
+    guard !needle.isEmpty, haystack.count >= needle.count else { return false }
+    let first = needle[0]
+    var i = 0
+    let last = haystack.count - needle.count
+    while i <= last {
+        if haystack[i] == first && Array(haystack[i..<i + needle.count]) == needle { return true }
+        i += 1
+    }
+    return false
+}
