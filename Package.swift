@@ -14,6 +14,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "VaultCore", targets: ["VaultCore"]),
+        .executable(name: "shredvault-corebench", targets: ["CoreBench"]),
     ],
     targets: [
         // C libraries from Debian's -dev packages, found through pkg-config.
@@ -30,6 +31,7 @@ let package = Package(
         .target(name: "Sodium", dependencies: ["CSodium"], swiftSettings: swiftSettings),
         .target(name: "LMDB", dependencies: ["CLMDB"], swiftSettings: swiftSettings),
         .target(name: "VaultCore", dependencies: ["Sodium", "LMDB"], swiftSettings: swiftSettings),
+        .executableTarget(name: "CoreBench", dependencies: ["VaultCore", "Sodium"], swiftSettings: swiftSettings),
 
         .testTarget(name: "SodiumTests", dependencies: ["Sodium"], swiftSettings: swiftSettings),
         .testTarget(name: "LMDBTests", dependencies: ["LMDB"], swiftSettings: swiftSettings),

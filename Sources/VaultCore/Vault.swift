@@ -138,7 +138,7 @@ public final class Vault: Sendable {
                 ? initialiseKeystore(stores, file: file)
                 : loadMasterKey(stores, file: file)
             let head = try keystore.read { try AuditLog.head(in: $0, dbs: stores.ks) }
-            let state = WriterState(configuration: configuration, masterKeyFile: file, masterKey: key,
+            let state = try WriterState(configuration: configuration, masterKeyFile: file, masterKey: key,
                                     masterGeneration: generation, auditHead: head)
             let writer = GroupCommitWriter(stores: stores, state: state, maxBatch: configuration.maxBatch)
             writer.start()

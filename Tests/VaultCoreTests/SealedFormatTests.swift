@@ -62,16 +62,16 @@ import Sodium
         let meta = RecordMeta(category: .personal, channel: .phone, createdAt: 1, expiresAt: 2, version: 1,
                               tag: [UInt8](repeating: 7, count: 16), bucket: 0, bucketVersion: 1, ciphertextCount: 0, wrappedDEK: [])
         let ad = KeyHierarchy.recordAD(tenant: 1, id: Self.id1, version: 1, digest: meta.digest(tenant: 1, id: Self.id1))
-        let sealed = try SealedRecord.seal(subject: subject, data: data, dek: dek, ad: ad)
+        let sealed = try SealedRecord.seal(subject: subject, data: data, dek: dek.bytes, ad: ad)
         #expect(!contains(sealed, Array("cust-000123".utf8)))
         #expect(!contains(sealed, Array("invoice".utf8)))
-        let (s, d) = try sealed.withUnsafeBytes { try SealedRecord.open($0, dek: dek, ad: ad, what: "r") }
+        let (s, d) = try sealed.withUnsafeBytes { try SealedRecord.open($0, dek: dek.bytes, ad: ad, what: "r") }
         #expect(s.text == "cust-000123")
         #expect(d.text == data.text)
         for i in stride(from: 0, to: sealed.count, by: 1) {
             var bad = sealed
             bad[i] ^= 0x80
-            #expect(throws: VaultError.self) { try bad.withUnsafeBytes { try SealedRecord.open($0, dek: dek, ad: ad, what: "r") } }
+            #expect(throws: VaultError.self) { try bad.withUnsafeBytes { try SealedRecord.open($0, dek: dek.bytes, ad: ad, what: "r") } }
         }
         // Moved: another record, another tenant, another version, other metadata.
         var longer = meta
@@ -83,9 +83,9 @@ import Sodium
             KeyHierarchy.recordAD(tenant: 1, id: Self.id1, version: 1, digest: longer.digest(tenant: 1, id: Self.id1)),
         ]
         for moved in moves {
-            #expect(throws: VaultError.self) { try sealed.withUnsafeBytes { try SealedRecord.open($0, dek: dek, ad: moved, what: "r") } }
+            #expect(throws: VaultError.self) { try sealed.withUnsafeBytes { try SealedRecord.open($0, dek: dek.bytes, ad: moved, what: "r") } }
         }
-        #expect(try SealedRecord.seal(subject: subject, data: data, dek: dek, ad: ad) != sealed)
+        #expect(try SealedRecord.seal(subject: subject, data: data, dek: dek.bytes, ad: ad) != sealed)
     }
 
     /// On disk: a ciphertext copied over another record's (same tenant or another tenant)

@@ -147,7 +147,7 @@ import Sodium
         for blob in sealed {
             for key in reachable {
                 let opened = blob.withUnsafeBytes { b in
-                    (try? SealedRecord.open(b, dek: key, ad: [], what: "attack")) != nil
+                    (try? SealedRecord.open(b, dek: key.bytes, ad: [], what: "attack")) != nil
                 }
                 #expect(!opened)
             }

@@ -23,7 +23,7 @@ extension Vault {
         }
         return try await perform { ks, _, context in
             let dbs = self.writer.stores.ks
-            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             let tag = try t.tag(of: subject, root: try t.rootKey(context))
             var event = AuditLog.Event(tenant: t.auditTenant, actor: actor, action: "subject.erase",
                                        target: "subject:\(tag.hex)", reference: reference)
@@ -59,12 +59,12 @@ extension Vault {
     /// is given, else every entry with its target removed (the operator's view).
     public func auditEntries(tenant: TenantID?, after: UInt64, limit: Int) async throws -> [AuditEntry] {
         let limit = max(0, min(limit, 1000))
-        return try await perform { ks, _, _ in
+        return try await perform { ks, _, context in
             let dbs = self.writer.stores.ks
             var out: [AuditEntry] = []
             guard limit > 0 else { return out }
             if let tenant {
-                let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+                let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
                 let prefix = Layout.tenantKey(t.number)
                 var seqs: [UInt64] = []
                 try ks.forEach(in: dbs.auditByTenant, from: Layout.auditByTenantKey(t.number, after &+ 1), prefix: prefix) { k, _ in

@@ -93,6 +93,7 @@ struct Rotator {
         }
         // Committed: from here the keystore is wrapped under the new generation.
         context.adoptCommitted()
+        context.keyCache.removeAll()
         state.masterKey = newMaster
         state.masterGeneration = generation
         summary.masterGeneration = generation
@@ -120,14 +121,13 @@ struct Rotator {
             guard m.bucketVersion == version else {
                 throw VaultError.integrity("record \(id): wrapped under bucket version \(m.bucketVersion), expected \(version)")
             }
-            let dek = try KeyHierarchy.unwrap(m.wrappedDEK, under: key.bytes,
-                                              ad: KeyHierarchy.dekAD(tenant: t.number, id: id, version: m.version,
-                                                                     bucket: e, bucketVersion: version),
-                                              what: "data key of record \(id)")
+            let oldAD = KeyHierarchy.dekAD(tenant: t.number, id: id, version: m.version, bucket: e, bucketVersion: version)
+            let newAD = KeyHierarchy.dekAD(tenant: t.number, id: id, version: m.version, bucket: e, bucketVersion: newVersion)
             m.bucketVersion = newVersion
-            m.wrappedDEK = try KeyHierarchy.wrap(dek.bytes, under: newKey.bytes,
-                                                 ad: KeyHierarchy.dekAD(tenant: t.number, id: id, version: m.version,
-                                                                        bucket: e, bucketVersion: newVersion))
+            m.wrappedDEK = try context.keyCache.withUnwrapped(m.wrappedDEK, under: key.bytes, ad: oldAD,
+                                                              what: "data key of record \(id)") { dek in
+                try KeyHierarchy.wrap(dek, under: newKey.bytes, ad: newAD)
+            }
             try txn.put(m.encode(), forKey: Layout.recordKey(t.number, id), in: dbs.records)
             count += 1
         }

@@ -12,21 +12,30 @@ public struct TenantInfo: Sendable, Equatable {
 struct ResolvedTenant {
     let slug: String
     let row: TenantRow
+    /// The writer's key cache; nil where every unwrap should allocate (tests, tools).
+    var cache: KeyCache? = nil
     var number: UInt32 { row.number }
 
     var auditTenant: (slug: String, number: UInt32) { (slug, row.number) }
 
-    static func load(_ id: TenantID, in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> ResolvedTenant {
+    static func load(_ id: TenantID, in txn: borrowing Transaction, dbs: KeystoreDatabases,
+                     cache: KeyCache? = nil) throws -> ResolvedTenant {
         let row: TenantRow? = try txn.withValue(forKey: Array(id.slug.utf8), in: dbs.tenants) { b in
             try b.map(TenantRow.decode)
         }
         guard let row, row.status == .active else { throw VaultError.tenantNotFound(id.slug) }
-        return ResolvedTenant(slug: id.slug, row: row)
+        return ResolvedTenant(slug: id.slug, row: row, cache: cache)
+    }
+
+    /// Unwraps a key of the hierarchy, through the cache when there is one.
+    func unwrapKey(_ blob: [UInt8], under kek: borrowing SecretBytes, ad: [UInt8], what: @autoclosure () -> String) throws -> Key {
+        if let cache { return try cache.unwrap(blob, under: kek, ad: ad, what: what()) }
+        return try KeyHierarchy.unwrap(blob, under: kek, ad: ad, what: what())
     }
 
     /// TRK, unwrapped under the master key.
     func rootKey(_ context: OperationContext) throws -> Key {
-        try KeyHierarchy.unwrap(row.wrappedTRK, under: context.masterKey.bytes,
+        try unwrapKey(row.wrappedTRK, under: context.masterKey.bytes,
                                 ad: KeyHierarchy.trkAD(slug: slug, tenant: number, mkGeneration: context.masterGeneration,
                                                        trkGeneration: row.trkGeneration),
                                 what: "root key of tenant \(slug)")
@@ -34,7 +43,7 @@ struct ResolvedTenant {
 
     /// SBK, unwrapped under the TRK.
     func blindingKey(root: Key) throws -> Key {
-        try KeyHierarchy.unwrap(row.wrappedSBK, under: root.bytes,
+        try unwrapKey(row.wrappedSBK, under: root.bytes,
                                 ad: KeyHierarchy.sbkAD(tenant: number, trkGeneration: row.trkGeneration),
                                 what: "subject blinding key of tenant \(slug)")
     }
@@ -52,7 +61,7 @@ struct ResolvedTenant {
             try b.map(BucketRow.decode)
         }
         guard let row else { return nil }
-        let key = try KeyHierarchy.unwrap(row.wrappedBK, under: root.bytes,
+        let key = try unwrapKey(row.wrappedBK, under: root.bytes,
                                           ad: KeyHierarchy.bkAD(tenant: number, bucket: e, version: row.version,
                                                                 trkGeneration: self.row.trkGeneration),
                                           what: "bucket key \(e) v\(row.version) of tenant \(slug)")
@@ -131,7 +140,7 @@ extension Vault {
     public func offboardTenant(_ id: TenantID, actor: Actor) async throws {
         try await perform { txn, _, context in
             let dbs = self.writer.stores.ks
-            let tenant = try ResolvedTenant.load(id, in: txn, dbs: dbs)
+            let tenant = try ResolvedTenant.load(id, in: txn, dbs: dbs, cache: context.keyCache)
             var row = tenant.row
             row.status = .offboarded
             row.wrappedTRK = []
@@ -143,6 +152,7 @@ extension Vault {
                 return .continue
             }
             for k in buckets { try txn.delete(key: k, in: dbs.buckets) }
+            context.keysDestroyed = true
             try AuditLog.append(.init(tenant: tenant.auditTenant, actor: actor, action: "tenant.offboard",
                                       target: "tenant:\(id.slug)", count: UInt64(buckets.count)),
                                 in: txn, dbs: dbs, context: context)

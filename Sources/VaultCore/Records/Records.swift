@@ -48,7 +48,7 @@ enum SealedRecord {
     static let format: UInt8 = 1
     static let plaintextFormat: UInt8 = 1
 
-    static func seal(subject: SensitiveBytes, data: SensitiveBytes, dek: Key, ad: [UInt8]) throws -> [UInt8] {
+    static func seal(subject: SensitiveBytes, data: SensitiveBytes, dek: borrowing SecretBytes, ad: [UInt8]) throws -> [UInt8] {
         let plaintext = SensitiveBytes(count: 3 + subject.count + data.count) { out in
             out[0] = plaintextFormat
             out[1] = UInt8(subject.count >> 8)
@@ -61,7 +61,7 @@ enum SealedRecord {
         try sealed.withUnsafeMutableBytes { out in
             try plaintext.withUnsafeBytes { p in
                 try ad.withUnsafeBytes { a in
-                    try AEAD.seal(p, key: dek.bytes, associatedData: a, into: UnsafeMutableRawBufferPointer(rebasing: out[1...]))
+                    try AEAD.seal(p, key: dek, associatedData: a, into: UnsafeMutableRawBufferPointer(rebasing: out[1...]))
                 }
             }
         }
@@ -69,14 +69,14 @@ enum SealedRecord {
     }
 
     /// Opens a sealed record; returns (subject, data) in wiped buffers.
-    static func open(_ sealed: UnsafeRawBufferPointer, dek: Key, ad: [UInt8], what: String) throws -> (SensitiveBytes, SensitiveBytes) {
+    static func open(_ sealed: UnsafeRawBufferPointer, dek: borrowing SecretBytes, ad: [UInt8], what: String) throws -> (SensitiveBytes, SensitiveBytes) {
         guard sealed.count >= 1 + AEAD.overhead + 3, sealed[0] == format else {
             throw VaultError.integrity("\(what): not a sealed record")
         }
         let box = UnsafeRawBufferPointer(rebasing: sealed[1...])
         do {
             let plaintext = try SensitiveBytes(count: box.count - AEAD.overhead) { out in
-                try ad.withUnsafeBytes { a in try AEAD.open(box, key: dek.bytes, associatedData: a, into: out) }
+                try ad.withUnsafeBytes { a in try AEAD.open(box, key: dek, associatedData: a, into: out) }
             }
             return try plaintext.withUnsafeBytes { p in
                 guard p[0] == plaintextFormat else { throw VaultError.corrupt("\(what): plaintext format \(p[0])") }
@@ -131,15 +131,34 @@ extension ResolvedTenant {
                                        what: "data key of record \(id)")
     }
 
+    /// Lends the record's DEK (unwrapped into the cache's scratch buffer when there is a
+    /// cache); nil when its bucket key is gone (expired).
+    func withDataKey<R>(_ id: RecordID, _ m: RecordMeta, root: Key, in txn: borrowing Transaction, dbs: KeystoreDatabases,
+                        _ body: (borrowing SecretBytes) throws -> R) throws -> R? {
+        guard let (row, bk) = try bucket(m.bucket, root: root, in: txn, dbs: dbs) else { return nil }
+        guard row.version == m.bucketVersion else {
+            throw VaultError.integrity("record \(id): bucket key version \(m.bucketVersion) is gone (current \(row.version))")
+        }
+        let ad = KeyHierarchy.dekAD(tenant: number, id: id, version: m.version, bucket: m.bucket, bucketVersion: m.bucketVersion)
+        if let cache {
+            return try cache.withUnwrapped(m.wrappedDEK, under: bk.bytes, ad: ad, what: "data key of record \(id)", body)
+        }
+        let dek = try KeyHierarchy.unwrap(m.wrappedDEK, under: bk.bytes, ad: ad, what: "data key of record \(id)")
+        return try body(dek.bytes)
+    }
+
     /// Decrypts a live record.
     func open(_ id: RecordID, _ m: RecordMeta, root: Key, keystore: borrowing Transaction, records: borrowing Transaction,
               dbs: KeystoreDatabases, ciphertexts: Database) throws -> OpenedRecord? {
-        guard let dek = try dataKey(id, m, root: root, in: keystore, dbs: dbs) else { return nil }
         let ad = KeyHierarchy.recordAD(tenant: number, id: id, version: m.version, digest: m.digest(tenant: number, id: id))
-        let (subject, data) = try records.withValue(forKey: Layout.ciphertextKey(number, id, m.version), in: ciphertexts) { b in
-            guard let b else { throw VaultError.integrity("record \(id): ciphertext v\(m.version) is missing") }
-            return try SealedRecord.open(b, dek: dek, ad: ad, what: "record \(id)")
+        let key = Layout.ciphertextKey(number, id, m.version)
+        let opened = try withDataKey(id, m, root: root, in: keystore, dbs: dbs) { dek in
+            try records.withValue(forKey: key, in: ciphertexts) { b in
+                guard let b else { throw VaultError.integrity("record \(id): ciphertext v\(m.version) is missing") }
+                return try SealedRecord.open(b, dek: dek, ad: ad, what: "record \(id)")
+            }
         }
+        guard let (subject, data) = opened else { return nil }
         return OpenedRecord(id: id, subject: subject, category: m.category, channel: m.channel, createdAt: m.createdAt,
                             expiresAt: m.expiresAt, version: m.version, data: data)
     }
@@ -162,14 +181,22 @@ extension ResolvedTenant {
                ciphertexts: Database) throws {
         let (bucketRow, bk) = try bucketCreatingIfNeeded(m.bucket, root: root, in: keystore, dbs: dbs)
         m.bucketVersion = bucketRow.version
-        let dek = try Key.random()
         let ad = KeyHierarchy.recordAD(tenant: number, id: id, version: m.version, digest: m.digest(tenant: number, id: id))
-        let sealed = try SealedRecord.seal(subject: subject, data: data, dek: dek, ad: ad)
+        let dekAD = KeyHierarchy.dekAD(tenant: number, id: id, version: m.version, bucket: m.bucket, bucketVersion: m.bucketVersion)
+        let seal = { (dek: borrowing SecretBytes) throws -> ([UInt8], [UInt8]) in
+            (try SealedRecord.seal(subject: subject, data: data, dek: dek, ad: ad),
+             try KeyHierarchy.wrap(dek, under: bk.bytes, ad: dekAD))
+        }
+        let (sealed, wrapped): ([UInt8], [UInt8])
+        if let cache {
+            (sealed, wrapped) = try cache.withFreshKey(seal)
+        } else {
+            let dek = try Key.random()
+            (sealed, wrapped) = try seal(dek.bytes)
+        }
         m.ciphertextCount = UInt32(sealed.count)
         try records.put(sealed, forKey: Layout.ciphertextKey(number, id, m.version), in: ciphertexts)
-        m.wrappedDEK = try KeyHierarchy.wrap(dek.bytes, under: bk.bytes,
-                                             ad: KeyHierarchy.dekAD(tenant: number, id: id, version: m.version,
-                                                                    bucket: m.bucket, bucketVersion: m.bucketVersion))
+        m.wrappedDEK = wrapped
         try keystore.put(m.encode(), forKey: Layout.recordKey(number, id), in: dbs.records)
     }
 }
@@ -201,7 +228,7 @@ extension Vault {
     func writeRecord(_ record: NewRecord, tenant: TenantID, actor: Actor, keystore ks: borrowing Transaction,
                      records rec: borrowing Transaction, context: OperationContext) throws -> RecordReceipt {
         let dbs = writer.stores.ks
-        let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+        let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
         let now = context.now
         let allowed = try Retention.effectiveSeconds(for: record.category, tenant: t, now: now, in: ks, dbs: dbs)
         var retention = allowed
@@ -233,7 +260,7 @@ extension Vault {
     public func read(_ id: RecordID, tenant: TenantID, actor: Actor) async throws -> OpenedRecord {
         try await perform { ks, rec, context in
             let dbs = self.writer.stores.ks
-            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             var event = AuditLog.Event(tenant: t.auditTenant, actor: actor, action: "record.read", target: "record:\(id)")
             guard let m = try t.live(id, now: context.now, in: ks, dbs: dbs),
                   let opened = try t.open(id, m, root: try t.rootKey(context), keystore: ks, records: rec, dbs: dbs,
@@ -253,7 +280,7 @@ extension Vault {
     public func correct(_ id: RecordID, data: SensitiveBytes, tenant: TenantID, actor: Actor) async throws -> RecordReceipt {
         try await perform { ks, rec, context in
             let dbs = self.writer.stores.ks
-            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             var event = AuditLog.Event(tenant: t.auditTenant, actor: actor, action: "record.correct", target: "record:\(id)")
             let root = try t.rootKey(context)
             guard let old = try t.live(id, now: context.now, in: ks, dbs: dbs),
@@ -284,7 +311,7 @@ extension Vault {
     public func delete(_ id: RecordID, tenant: TenantID, actor: Actor) async throws {
         try await perform { ks, _, context in
             let dbs = self.writer.stores.ks
-            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             var event = AuditLog.Event(tenant: t.auditTenant, actor: actor, action: "record.delete", target: "record:\(id)")
             guard let m = try t.live(id, now: context.now, in: ks, dbs: dbs) else {
                 event.outcome = "not_found"
@@ -305,7 +332,7 @@ extension Vault {
     public func records(of subject: Subject, tenant: TenantID, actor: Actor, export: Bool = false) async throws -> [OpenedRecord] {
         try await perform { ks, rec, context in
             let dbs = self.writer.stores.ks
-            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             let root = try t.rootKey(context)
             let tag = try t.tag(of: subject, root: root)
             var out: [OpenedRecord] = []

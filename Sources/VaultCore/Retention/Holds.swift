@@ -43,7 +43,7 @@ extension Vault {
         }
         return try await perform { ks, _, context in
             let dbs = self.writer.stores.ks
-            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             let root = try t.rootKey(context)
             let now = context.now
             let kind: LegalHoldRow.Kind
@@ -83,7 +83,7 @@ extension Vault {
     public func holds(tenant: TenantID) async throws -> [LegalHold] {
         try await perform { ks, _, context in
             let dbs = self.writer.stores.ks
-            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             let key = try t.holdTextKey(root: try t.rootKey(context))
             var out: [LegalHold] = []
             let prefix = Layout.tenantKey(t.number)
@@ -124,7 +124,7 @@ extension Vault {
         guard let rid = RecordID(id) else { throw VaultError.notFound }
         try await perform { ks, _, context in
             let dbs = self.writer.stores.ks
-            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             let key = Layout.tenantKey(t.number) + rid.bytes
             guard let row = try ks.withValue(forKey: key, in: dbs.holds, { b in try b.map(LegalHoldRow.decode) }) else {
                 throw VaultError.notFound

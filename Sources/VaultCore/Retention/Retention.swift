@@ -57,9 +57,9 @@ enum Retention {
 
 extension Vault {
     public func retention(tenant: TenantID) async throws -> RetentionState {
-        try await perform { ks, _, _ in
+        try await perform { ks, _, context in
             let dbs = self.writer.stores.ks
-            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             return RetentionState(policy: try Retention.policy(t, in: ks, dbs: dbs),
                                   extensions: try Retention.extensions(t, in: ks, dbs: dbs))
         }
@@ -70,7 +70,7 @@ extension Vault {
     public func setRetentionPolicy(_ policy: RetentionPolicy, tenant: TenantID, actor: Actor) async throws -> RetentionPolicy {
         try await perform { ks, _, context in
             let dbs = self.writer.stores.ks
-            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             let exts = try Retention.extensions(t, in: ks, dbs: dbs)
             let now = context.now
             guard policy.defaultSeconds > 0, policy.categories.values.allSatisfy({ $0 > 0 }) else {
@@ -99,7 +99,7 @@ extension Vault {
         guard (1...200).contains(reference.utf8.count) else { throw VaultError.invalidArgument("reference must be 1 to 200 bytes") }
         return try await perform { ks, _, context in
             let dbs = self.writer.stores.ks
-            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             let now = context.now
             guard until > now else { throw VaultError.invalidArgument("until must be in the future") }
             let id = RecordID.generate(milliseconds: now)
@@ -120,7 +120,7 @@ extension Vault {
         guard let rid = RecordID(id) else { throw VaultError.notFound }
         try await perform { ks, _, context in
             let dbs = self.writer.stores.ks
-            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+            let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             let key = Layout.tenantKey(t.number) + rid.bytes
             guard var ext = try ks.withValue(forKey: key, in: dbs.extensions, { b in
                 try b.map { try RetentionExtension.decode($0, id: rid) }

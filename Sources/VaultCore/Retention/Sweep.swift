@@ -127,6 +127,7 @@ struct Sweeper {
             }
         }
         context.adoptCommitted()
+        context.keyCache.removeAll()
         deletes = context.takeCiphertextDeletes()
         try deleteCiphertexts(deletes)
         summary.bucketsDestroyed = destroyed

@@ -12,9 +12,12 @@ final class WriterState: @unchecked Sendable {
     var auditHead: AuditHead
     /// Ciphertexts whose wrapped DEKs are gone (committed); deleted in the next record-store txn.
     var pendingCiphertextDeletes: [[UInt8]] = []
+    /// Unwrapped TRK/SBK/BK keys and the DEK scratch buffer.
+    let keyCache: KeyCache
 
     init(configuration: VaultConfiguration, masterKeyFile: MasterKeyFile, masterKey: Key,
-         masterGeneration: UInt64, auditHead: AuditHead) {
+         masterGeneration: UInt64, auditHead: AuditHead) throws {
+        self.keyCache = try KeyCache()
         self.configuration = configuration
         self.masterKeyFile = masterKeyFile
         self.masterKey = masterKey
@@ -29,10 +32,15 @@ final class WriterState: @unchecked Sendable {
     func commit(_ context: OperationContext) {
         auditHead = context.auditHead
         pendingCiphertextDeletes += context.ciphertextDeletes
+        if context.keysDestroyed { keyCache.removeAll() }
     }
 
     /// Forgets what a failed batch changed in memory (its transactions were aborted).
-    func abandon(_ context: OperationContext) {}
+    func abandon(_ context: OperationContext) {
+        // Keys created in aborted transactions may sit in the cache: harmless (never looked
+        // up again), but wipe them rather than keep key material nothing refers to.
+        keyCache.removeAll()
+    }
 }
 
 /// What one batch (or exclusive operation) accumulates before commit.
@@ -40,6 +48,8 @@ final class OperationContext {
     unowned let state: WriterState
     var auditHead: AuditHead
     var ciphertextDeletes: [[UInt8]] = []
+    /// Set by an operation that destroys keys (offboarding): the cache is wiped at commit.
+    var keysDestroyed = false
 
     init(state: WriterState) {
         self.state = state
@@ -50,6 +60,7 @@ final class OperationContext {
     var now: Int64 { state.now }
     var masterKey: Key { state.masterKey }
     var masterGeneration: UInt64 { state.masterGeneration }
+    var keyCache: KeyCache { state.keyCache }
 
     struct Mark {
         let auditHead: AuditHead
