@@ -27,6 +27,9 @@ public struct VaultConfiguration: Sendable {
     /// Dead entries removed per sweep transaction.
     public var sweepBatchSize: Int = 5_000
     public var clock: VaultClock = .system
+    /// Called after each group commit with the operations it carried and the seconds its two
+    /// commits (and their fsyncs) took: for metrics.
+    public var commitObserver: (@Sendable (_ operations: Int, _ seconds: Double) -> Void)? = nil
     /// Test-only: called at named points of rotation and compaction; throwing there
     /// simulates a crash at that point.
     var faultInjector: (@Sendable (FaultPoint) throws -> Void)? = nil
@@ -62,12 +65,15 @@ enum FaultPoint: Sendable, Equatable {
 /// returns only when its effect and its audit entry are durable.
 public final class Vault: Sendable {
     let writer: GroupCommitWriter
+    let tokens: TokenTable
     private let lock: DirectoryLock
     public let dataDirectory: String
     public let configuration: VaultConfiguration
 
-    private init(writer: GroupCommitWriter, lock: DirectoryLock, dataDirectory: String, configuration: VaultConfiguration) {
+    private init(writer: GroupCommitWriter, tokens: TokenTable, lock: DirectoryLock, dataDirectory: String,
+                 configuration: VaultConfiguration) {
         self.writer = writer
+        self.tokens = tokens
         self.lock = lock
         self.dataDirectory = dataDirectory
         self.configuration = configuration
@@ -137,12 +143,14 @@ public final class Vault: Sendable {
             let (key, generation) = try initialise
                 ? initialiseKeystore(stores, file: file)
                 : loadMasterKey(stores, file: file)
+            let tokens = TokenTable()
+            try loadTokens(stores, master: key, generation: generation, into: tokens)
             let head = try keystore.read { try AuditLog.head(in: $0, dbs: stores.ks) }
             let state = try WriterState(configuration: configuration, masterKeyFile: file, masterKey: key,
                                     masterGeneration: generation, auditHead: head)
             let writer = GroupCommitWriter(stores: stores, state: state, maxBatch: configuration.maxBatch)
             writer.start()
-            return Vault(writer: writer, lock: lock, dataDirectory: dataDirectory, configuration: configuration)
+            return Vault(writer: writer, tokens: tokens, lock: lock, dataDirectory: dataDirectory, configuration: configuration)
         } catch {
             keystore.close()
             records.close()

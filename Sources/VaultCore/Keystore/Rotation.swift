@@ -88,6 +88,11 @@ struct Rotator {
                 summary.tenantsRenewed += 1
             }
             try txn.put(try Vault.masterCheck(key: newMaster, generation: generation), forKey: Vault.metaMasterKey, in: dbs.meta)
+            if let blob = try txn.value(forKey: Vault.metaTokenKey, in: dbs.meta) {
+                let tokenKey = try Vault.unwrapTokenKey(blob, master: state.masterKey, generation: state.masterGeneration)
+                try txn.put(try Vault.wrapTokenKey(tokenKey, master: newMaster, generation: generation),
+                            forKey: Vault.metaTokenKey, in: dbs.meta)
+            }
             try AuditLog.append(.init(tenant: nil, actor: actor, action: "rotate", target: nil,
                                       count: UInt64(summary.recordsRewrapped)), in: txn, dbs: dbs, context: context)
         }

@@ -219,6 +219,7 @@ final class GroupCommitWriter: @unchecked Sendable {
         let context = OperationContext(state: state)
         var outcomes = [(any Error)?](repeating: nil, count: ops.count)
         let deletes = state.pendingCiphertextDeletes
+        let started = DispatchTime.now().uptimeNanoseconds
         do {
             try stores.keystore.write { ks in
                 try stores.records.write { rec in
@@ -253,6 +254,9 @@ final class GroupCommitWriter: @unchecked Sendable {
             return
         }
         state.commit(context)
+        if let observer = state.configuration.commitObserver, !ops.isEmpty {
+            observer(ops.count, Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9)
+        }
         batchesCommitted.add(1, ordering: .relaxed)
         operationsCommitted.add(ops.count, ordering: .relaxed)
         for (i, op) in ops.enumerated() { op.finish(outcomes[i]) }
