@@ -15,6 +15,16 @@ let package = Package(
     products: [
         .library(name: "VaultCore", targets: ["VaultCore"]),
         .executable(name: "shredvault-corebench", targets: ["CoreBench"]),
+        .executable(name: "shredvault", targets: ["shredvault"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         // C libraries from Debian's -dev packages, found through pkg-config.
@@ -32,9 +42,41 @@ let package = Package(
         .target(name: "LMDB", dependencies: ["CLMDB"], swiftSettings: swiftSettings),
         .target(name: "VaultCore", dependencies: ["Sodium", "LMDB"], swiftSettings: swiftSettings),
         .executableTarget(name: "CoreBench", dependencies: ["VaultCore", "Sodium"], swiftSettings: swiftSettings),
+        // JSON scanning/writing and the request/response shapes shared by server and CLI.
+        .target(name: "VaultAPI", dependencies: ["VaultCore", "Sodium"], swiftSettings: swiftSettings),
+        // A small HTTP/1.1 client over a Unix socket (CLI, benchmarks, tests).
+        .target(name: "VaultClient", dependencies: [], swiftSettings: swiftSettings),
+        .target(
+            name: "VaultServer",
+            dependencies: [
+                "VaultCore", "VaultAPI", "Sodium",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "VaultCLI",
+            dependencies: [
+                "VaultCore", "VaultAPI", "VaultClient", "VaultServer", "Sodium",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(name: "shredvault", dependencies: ["VaultCLI"], swiftSettings: swiftSettings),
 
         .testTarget(name: "SodiumTests", dependencies: ["Sodium"], swiftSettings: swiftSettings),
         .testTarget(name: "LMDBTests", dependencies: ["LMDB"], swiftSettings: swiftSettings),
         .testTarget(name: "VaultCoreTests", dependencies: ["VaultCore", "Sodium", "LMDB"], swiftSettings: swiftSettings),
+        .testTarget(name: "VaultAPITests", dependencies: ["VaultAPI", "VaultCore", "Sodium"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "VaultServerTests",
+            dependencies: ["VaultServer", "VaultClient", "VaultAPI", "VaultCore", "VaultCLI", "Sodium"],
+            swiftSettings: swiftSettings
+        ),
     ]
 )

@@ -101,3 +101,61 @@ func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
     }
     return false
 }
+
+// MARK: - Helpers added for the isolation/erasure/expiry/retention/hold/audit/group-commit/storage suites
+
+import LMDB
+
+extension TestVault {
+    /// A vault in a fresh temporary directory with chosen map sizes (e.g. a tiny record store
+    /// to reach MDB_MAP_FULL quickly).
+    init(recordsMapSize: Int, keystoreMapSize: Int = 256 << 20, bucketWidthSeconds: Int64 = 86_400,
+         maxBatch: Int = 256) throws {
+        dir = TemporaryDirectory()
+        clock = ManualClock()
+        try FileManager.default.createDirectory(atPath: dir.path + "/keys", withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o700])
+        configuration = VaultConfiguration(bucketWidthSeconds: bucketWidthSeconds, maxBatch: maxBatch,
+                                           keystoreMapSize: keystoreMapSize, recordsMapSize: recordsMapSize,
+                                           clock: clock.vaultClock)
+        vault = try Vault.create(dataDirectory: dir.data, masterKeyFile: dir.keyFile, configuration: configuration)
+    }
+
+    /// Opens the data directory again; every vault previously opened on it must be closed.
+    func openAgain() throws -> Vault {
+        try Vault.open(dataDirectory: dir.data, masterKeyFile: dir.keyFile, configuration: configuration)
+    }
+}
+
+/// A record id no tenant has: fresh random bits.
+func unknownRecordID(at milliseconds: Int64 = 1_800_000_000_000) -> RecordID {
+    RecordID.generate(milliseconds: milliseconds)
+}
+
+/// The internal number of a tenant, read from the keystore files (no vault may be open on the directory).
+func storedTenantNumber(_ slug: String, dataDirectory: String) throws -> UInt32 {
+    let env = try Environment(path: dataDirectory + "/keystore", databases: Layout.keystoreDatabases)
+    defer { env.close() }
+    let db = env.database(Layout.tenants)
+    let row = try env.read { txn in
+        try txn.withValue(forKey: Array(slug.utf8), in: db) { b in try b.map(TenantRow.decode) }
+    }
+    guard let row else { throw VaultError.tenantNotFound(slug) }
+    return row.number
+}
+
+/// Every key of the record store's ciphertexts database, read from the files (no vault may be
+/// open on the directory).
+func storedCiphertextKeys(dataDirectory: String) throws -> [[UInt8]] {
+    let env = try Environment(path: dataDirectory + "/records", databases: Layout.recordsDatabases)
+    defer { env.close() }
+    let db = env.database(Layout.ciphertexts)
+    return try env.read { txn in
+        var keys: [[UInt8]] = []
+        try txn.forEach(in: db) { k, _ in
+            keys.append(Array(k))
+            return .continue
+        }
+        return keys
+    }
+}

@@ -62,7 +62,7 @@ extension Vault {
         return try await perform { ks, _, context in
             let dbs = self.writer.stores.ks
             var out: [AuditEntry] = []
-            guard limit > 0 else { return out }
+            guard limit > 0, after < UInt64.max else { return out }
             if let tenant {
                 let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
                 let prefix = Layout.tenantKey(t.number)

@@ -138,7 +138,7 @@ extension Vault {
     /// transaction, so every record of the tenant is unreadable at once. The sweeper then
     /// removes its entries and ciphertexts in batches.
     public func offboardTenant(_ id: TenantID, actor: Actor) async throws {
-        try await perform { txn, _, context in
+        let revoked: [String] = try await perform { txn, _, context in
             let dbs = self.writer.stores.ks
             let tenant = try ResolvedTenant.load(id, in: txn, dbs: dbs, cache: context.keyCache)
             var row = tenant.row
@@ -153,9 +153,23 @@ extension Vault {
             }
             for k in buckets { try txn.delete(key: k, in: dbs.buckets) }
             context.keysDestroyed = true
+            // The tenant's tokens die with it.
+            var tokens: [([UInt8], TokenInfo)] = []
+            try txn.forEach(in: dbs.tokens, from: [UInt8(ascii: "h")], prefix: [UInt8(ascii: "h")]) { k, v in
+                let info = try TokenInfo.decode(v)
+                if info.tenant == id.slug && info.revokedAt == nil { tokens.append((Array(k), info)) }
+                return .continue
+            }
+            for (k, info) in tokens {
+                let revoked = TokenInfo(id: info.id, tenant: info.tenant, role: info.role, name: info.name,
+                                        createdAt: info.createdAt, revokedAt: context.now)
+                try txn.put(revoked.encode(), forKey: k, in: dbs.tokens)
+            }
             try AuditLog.append(.init(tenant: tenant.auditTenant, actor: actor, action: "tenant.offboard",
                                       target: "tenant:\(id.slug)", count: UInt64(buckets.count)),
                                 in: txn, dbs: dbs, context: context)
+            return tokens.map(\.1.id)
         }
+        for token in revoked { tokens.remove(id: token) }
     }
 }

@@ -1,0 +1,168 @@
+import ArgumentParser
+import Logging
+import Sodium
+import VaultCore
+import VaultServer
+
+/// `shredvault serve`: the daemon.
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Run the daemon: serve the HTTP API on a Unix socket until SIGTERM or SIGINT.",
+        discussion: """
+            Refuses to start on a key file readable by others, a world-writable data directory, \
+            a key that does not match the vault, or a data directory another process holds. \
+            Logs to stderr; request bodies, tokens and subjects are never logged. On SIGTERM or \
+            SIGINT it stops accepting, finishes in-flight requests, commits, closes the vault \
+            and exits 0.
+            """)
+
+    @OptionGroup var location: VaultLocation
+
+    @Option(help: ArgumentHelp("The Unix socket to serve on, created 0660 (default: <data-dir>/shredvault.sock).",
+                               valueName: "path"))
+    var socket: String?
+
+    @Option(help: ArgumentHelp("Also listen on loopback TCP, e.g. 127.0.0.1:8080 (no TLS: loopback only).",
+                               valueName: "host:port"))
+    var listen: String?
+
+    @Option(name: .customLong("bucket-width"),
+            help: ArgumentHelp("Width of an expiry bucket as an ISO 8601 duration (default P1D; PT1S for tests).",
+                               valueName: "duration"))
+    var bucketWidth: String?
+
+    @Option(name: .customLong("max-body"),
+            help: ArgumentHelp("Largest request body accepted, in bytes (K/M/G suffixes allowed; default 1M).",
+                               valueName: "bytes"))
+    var maxBody: String?
+
+    @Option(name: .customLong("map-size"),
+            help: ArgumentHelp("Largest size each LMDB environment (keystore, records) may grow to, in bytes "
+                               + "(K/M/G/T suffixes allowed; defaults 8G and 64G).",
+                               valueName: "bytes"))
+    var mapSize: String?
+
+    /// The options, checked and converted.
+    struct Settings {
+        var socketPath: String
+        var listen: (host: String, port: Int)?
+        var vault: VaultConfiguration
+        var maxBody: Int
+    }
+
+    func validate() throws {
+        _ = try settings()
+    }
+
+    func settings() throws -> Settings {
+        var vault = VaultConfiguration()
+        if let bucketWidth {
+            do { vault.bucketWidthSeconds = try ISODuration.seconds(bucketWidth, field: "--bucket-width") } catch let e as VaultError {
+                throw ValidationError("\(e)")
+            }
+            guard vault.bucketWidthSeconds >= 1 else { throw ValidationError("--bucket-width must be at least PT1S") }
+        }
+        if let mapSize {
+            let bytes = try byteCount(mapSize, option: "--map-size")
+            guard bytes >= 1 << 20 else { throw ValidationError("--map-size must be at least 1M") }
+            vault.keystoreMapSize = bytes
+            vault.recordsMapSize = bytes
+        }
+        var body = 1 << 20
+        if let maxBody {
+            body = try byteCount(maxBody, option: "--max-body")
+            guard body >= 1024 else { throw ValidationError("--max-body must be at least 1K") }
+        }
+        let socketPath = socket ?? location.dataDirectory + "/shredvault.sock"
+        guard socketPath.utf8.count < 108 else {
+            throw ValidationError("the socket path \(socketPath) is longer than 107 bytes (sun_path); pass a shorter --socket")
+        }
+        return Settings(socketPath: socketPath, listen: try listen.map(loopback), vault: vault, maxBody: body)
+    }
+
+    /// `127.0.0.1:8080`, `localhost:8080` or `[::1]:8080`. Tokens cross this listener in clear,
+    /// so it is refused on anything but loopback.
+    func loopback(_ text: String) throws -> (host: String, port: Int) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+              (1...65535).contains(port) else {
+            throw ValidationError("--listen takes HOST:PORT, e.g. 127.0.0.1:8080")
+        }
+        var host = String(text[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        let isLoopback = host == "localhost" || host == "::1" || host.split(separator: ".").count == 4 && host.hasPrefix("127.")
+        guard isLoopback else {
+            throw ValidationError("--listen accepts loopback addresses only (127.x.x.x, ::1, localhost): there is no TLS")
+        }
+        return (host == "localhost" ? "127.0.0.1" : host, port)
+    }
+
+    func run() async throws {
+        // First, before any key is read: a core file would hold keys and plaintext.
+        Sodium.disableCoreDumps()
+        let settings = try settings()
+
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = .info
+            return handler
+        }
+        let logger = {
+            var logger = Logger(label: "shredvault")
+            logger.logLevel = .info
+            return logger
+        }()
+
+        // The registry bootstraps swift-metrics: it must exist before the first commit is observed.
+        _ = ServerMetrics.registry
+        var configuration = settings.vault
+        configuration.commitObserver = ServerMetrics.commitObserver
+
+        let vault = try reportingFailures {
+            try Vault.open(dataDirectory: location.dataDirectory, masterKeyFile: location.keyFile,
+                           configuration: configuration)
+        }
+        if !Sodium.areCoreDumpsDisabled {
+            logger.warning("core dumps could not be disabled; keys could reach a core file")
+        }
+        logger.info("vault opened", metadata: ["data_dir": "\(location.dataDirectory)"])
+
+        let server = VaultServer(vault: vault, configuration: ServerConfiguration(
+            socketPath: settings.socketPath, listen: settings.listen, maxBody: settings.maxBody))
+        let socketPath = settings.socketPath
+        let listen = settings.listen
+        do {
+            try await server.run(logger: logger) {
+                var metadata: Logger.Metadata = ["socket": "\(socketPath)", "mode": "0660"]
+                if let listen { metadata["tcp"] = "\(listen.host):\(listen.port)" }
+                logger.info("listening", metadata: metadata)
+            }
+        } catch {
+            vault.close()
+            // VaultError and friends describe themselves without secrets.
+            Terminal.error("shredvault: \(error)")
+            throw ExitCode.failure
+        }
+        logger.info("stopping: committing and closing the vault")
+        vault.close()
+        logger.info("stopped")
+    }
+}
+
+/// `1048576`, `512K`, `64M`, `8G`, `1T` (binary multiples; `KiB`, `MB` and friends read the same).
+func byteCount(_ text: String, option: String) throws -> Int {
+    var digits = Substring(text.uppercased())
+    if digits.hasSuffix("IB") { digits = digits.dropLast(2) } else if digits.hasSuffix("B") { digits = digits.dropLast() }
+    var multiplier = 1
+    let units: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
+    if let last = digits.last, let unit = units[last] {
+        multiplier = unit
+        digits = digits.dropLast()
+    }
+    guard let value = Int(digits), value > 0 else {
+        throw ValidationError("\(option) takes a size in bytes, e.g. 1048576, 512K, 64M or 8G")
+    }
+    let (product, overflow) = value.multipliedReportingOverflow(by: multiplier)
+    guard !overflow else { throw ValidationError("\(option) is too large") }
+    return product
+}

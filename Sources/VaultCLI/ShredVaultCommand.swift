@@ -1,0 +1,35 @@
+public import ArgumentParser
+
+/// The `shredvault` command: configuration only; each subcommand lives in its own file.
+///
+/// The `@available` matches `AsyncParsableCommand`'s own: without it, `main()` called from
+/// `main.swift` resolves to `ParsableCommand`'s synchronous overload, which refuses to run
+/// the async subcommands (`init`, `serve`).
+@available(macOS 10.15, macCatalyst 13, iOS 13, tvOS 13, watchOS 6, *)
+public struct ShredVaultCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "shredvault",
+        abstract: "An encrypted records vault: every record under its own key; erasing means destroying keys.",
+        discussion: """
+            Client commands talk to the daemon over its Unix socket: --socket PATH, else \
+            $SHREDVAULT_SOCKET, else ./data/shredvault.sock. The bearer token comes from \
+            --token-file FILE or $SHREDVAULT_TOKEN, never from the command line; subjects \
+            come from files or standard input for the same reason. Output is readable text; \
+            --json prints the daemon's answer as received. Failures print \
+            `shredvault: <what went wrong>` on stderr and exit 1.
+            """,
+        groupedSubcommands: [
+            CommandGroup(name: "Running a vault", subcommands: [InitCommand.self, ServeCommand.self, HealthCommand.self]),
+            CommandGroup(name: "Records (agent or admin token)", subcommands: [PutCommand.self, GetCommand.self]),
+            CommandGroup(name: "Client instructions (admin token)", subcommands: [
+                EraseCommand.self, ExportCommand.self, RetentionCommand.self, HoldCommand.self, ReportCommand.self,
+            ]),
+            CommandGroup(name: "Operating (operator token)", subcommands: [
+                TenantCommand.self, TokenCommand.self, RotateCommand.self, SweepCommand.self, CompactCommand.self,
+                StatsCommand.self,
+            ]),
+            CommandGroup(name: "Audit (admin or operator token)", subcommands: [AuditCommand.self]),
+        ])
+
+    public init() {}
+}

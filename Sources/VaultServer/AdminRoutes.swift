@@ -1,0 +1,163 @@
+import Hummingbird
+import Sodium
+import VaultAPI
+import VaultCore
+
+extension VaultServer {
+    func addAdminRoutes(_ router: RouteTable) {
+        router.post("/v1/admin/tenants") { request, _ -> Response in
+            var request = request
+            let p = try self.operatorPrincipal(request)
+            let body = try await self.body(&request, allowed: ["id"])
+            let id: TenantID
+            do { id = try TenantID(try body.requiredString("id")) } catch let e as VaultError { throw Problem.from(e) }
+            let info = try await self.vault.createTenant(id, actor: p.actor)
+            return jsonResponse(.created) { w in Self.writeTenant(info, into: &w) }
+        }
+
+        router.get("/v1/admin/tenants") { request, _ -> Response in
+            _ = try self.operatorPrincipal(request)
+            let tenants = try await self.vault.listTenants()
+            return jsonResponse { w in
+                w.beginObject()
+                w.key("tenants")
+                w.beginArray()
+                for t in tenants { Self.writeTenant(t, into: &w) }
+                w.endArray()
+                w.endObject()
+            }
+        }
+
+        router.delete("/v1/admin/tenants/:id") { request, context -> Response in
+            let p = try self.operatorPrincipal(request)
+            guard let id = try? TenantID(context.parameters.get("id") ?? "") else { throw Problem(.notFound, "no such tenant") }
+            try await self.vault.offboardTenant(id, actor: p.actor)
+            return Response(status: .noContent)
+        }
+
+        router.post("/v1/admin/tokens") { request, _ -> Response in
+            var request = request
+            let p = try self.operatorPrincipal(request)
+            let body = try await self.body(&request, allowed: ["tenant", "role", "name"])
+            guard let role = Role(rawValue: try body.requiredString("role")) else {
+                throw Problem(.badRequest, "field \"role\" must be one of agent, admin, operator")
+            }
+            var tenant: TenantID? = nil
+            if let slug = try body.string("tenant") {
+                do { tenant = try TenantID(slug) } catch let e as VaultError { throw Problem.from(e) }
+            }
+            let issued = try await self.vault.issueToken(tenant: tenant, role: role, name: try body.requiredString("name"), actor: p.actor)
+            return jsonResponse(.created) { w in
+                w.beginObject()
+                w.field("id", issued.info.id)
+                w.key("token")
+                issued.secret.withUnsafeBytes { w.string(bytes: $0) }
+                w.optionalString("tenant", issued.info.tenant)
+                w.field("role", issued.info.role.rawValue)
+                w.field("name", issued.info.name)
+                w.time("created_at", issued.info.createdAt)
+                w.endObject()
+            }
+        }
+
+        router.delete("/v1/admin/tokens/:id") { request, context -> Response in
+            let p = try self.operatorPrincipal(request)
+            try await self.vault.revokeToken(id: context.parameters.get("id") ?? "", actor: p.actor)
+            return Response(status: .noContent)
+        }
+
+        router.post("/v1/admin/rotate") { request, _ -> Response in
+            let p = try self.operatorPrincipal(request)
+            let s = try await self.vault.rotate(actor: p.actor)
+            return jsonResponse { w in
+                w.beginObject()
+                w.field("buckets_rekeyed", Int64(s.bucketsRekeyed))
+                w.field("records_rewrapped", Int64(s.recordsRewrapped))
+                w.field("tenants_renewed", Int64(s.tenantsRenewed))
+                w.key("master_key_generation")
+                w.uint(s.masterGeneration)
+                w.field("keystore_bytes_before", Int64(s.keystoreBytesBefore))
+                w.field("keystore_bytes_after", Int64(s.keystoreBytesAfter))
+                w.endObject()
+            }
+        }
+
+        router.post("/v1/admin/sweep") { request, _ -> Response in
+            let p = try self.operatorPrincipal(request)
+            let s = try await self.vault.sweep(actor: p.actor)
+            return jsonResponse { w in
+                w.beginObject()
+                w.field("buckets_destroyed", Int64(s.bucketsDestroyed))
+                w.field("held_records_rewrapped", Int64(s.heldRecordsRewrapped))
+                w.field("held_records_expired", Int64(s.heldRecordsExpired))
+                w.field("entries_removed", Int64(s.entriesRemoved))
+                w.field("ciphertexts_removed", Int64(s.ciphertextsRemoved))
+                w.field("orphans_removed", Int64(s.orphansRemoved))
+                w.field("key_destruction_ms", s.keyDestructionMilliseconds)
+                w.field("total_ms", s.totalMilliseconds)
+                w.endObject()
+            }
+        }
+
+        router.post("/v1/admin/compact") { request, _ -> Response in
+            _ = try self.operatorPrincipal(request)
+            let (before, after) = try await self.vault.compact()
+            return jsonResponse { w in
+                w.beginObject()
+                w.field("keystore_bytes_before", Int64(before))
+                w.field("keystore_bytes_after", Int64(after))
+                w.endObject()
+            }
+        }
+
+        router.get("/v1/admin/stats") { request, _ -> Response in
+            _ = try self.operatorPrincipal(request)
+            let s = try await self.vault.statistics()
+            return jsonResponse { w in
+                w.beginObject()
+                w.field("tenants", Int64(s.tenants))
+                w.field("records", Int64(s.records))
+                w.key("audit_entries")
+                w.uint(s.auditEntries)
+                w.key("master_key_generation")
+                w.uint(s.masterKeyGeneration)
+                w.field("keystore_bytes", Int64(s.keystoreBytes))
+                w.field("record_store_bytes", Int64(s.recordStoreBytes))
+                w.field("batches", Int64(s.batches))
+                w.field("batched_operations", Int64(s.batchedOperations))
+                w.endObject()
+            }
+        }
+
+        // Operators read audit entries without targets, and verify the chain.
+        router.get("/v1/admin/audit") { request, _ -> Response in
+            _ = try self.operatorPrincipal(request)
+            let (after, limit) = try self.page(request)
+            let entries = try await self.vault.auditEntries(tenant: nil, after: after, limit: limit)
+            return jsonResponse { w in Self.writeAudit(entries, after: after, into: &w) }
+        }
+
+        router.get("/v1/admin/audit/verify") { request, _ -> Response in
+            _ = try self.operatorPrincipal(request)
+            let v = try await self.vault.verifyAudit()
+            return jsonResponse { w in
+                w.beginObject()
+                w.key("entries")
+                w.uint(v.entries)
+                w.field("intact", v.isIntact)
+                w.key("first_broken")
+                if let b = v.firstBroken { w.uint(b) } else { w.null() }
+                w.optionalString("reason", v.reason)
+                w.endObject()
+            }
+        }
+    }
+
+    static func writeTenant(_ t: TenantInfo, into w: inout JSONWriter) {
+        w.beginObject()
+        w.field("id", t.id)
+        w.time("created_at", t.createdAt)
+        w.field("status", t.offboarded ? "offboarded" : "active")
+        w.endObject()
+    }
+}

@@ -1,0 +1,92 @@
+import Hummingbird
+import VaultAPI
+import VaultCore
+
+extension VaultServer {
+    func page(_ request: Request) throws -> (after: UInt64, limit: Int) {
+        let q = request.uri.queryParameters
+        var after: UInt64 = 0
+        var limit = 100
+        if let a = q.get("after") {
+            guard let v = UInt64(a) else { throw Problem(.badRequest, "\"after\" must be a sequence number") }
+            after = v
+        }
+        if let l = q.get("limit") {
+            guard let v = Int(l), (1...1000).contains(v) else { throw Problem(.badRequest, "\"limit\" must be 1 to 1000") }
+            limit = v
+        }
+        return (after, limit)
+    }
+
+    func addAuditRoutes(_ router: RouteTable) {
+        router.get("/v1/audit") { request, _ -> Response in
+            let (_, tenant) = try self.tenantPrincipal(request, .admin)
+            let (after, limit) = try self.page(request)
+            let entries = try await self.vault.auditEntries(tenant: tenant, after: after, limit: limit)
+            return jsonResponse { w in Self.writeAudit(entries, after: after, into: &w) }
+        }
+
+        router.get("/v1/report") { request, _ -> Response in
+            let (p, tenant) = try self.tenantPrincipal(request, .admin)
+            let report = try await self.vault.report(tenant: tenant, actor: p.actor)
+            let now = self.vault.configuration.clock.now()
+            return jsonResponse { w in
+                w.beginObject()
+                w.field("tenant", tenant.slug)
+                w.time("generated_at", now)
+                w.field("records", Int64(report.records))
+                w.field("bytes", Int64(report.bytes))
+                w.key("by_category")
+                w.beginObject()
+                for c in DataCategory.allCases { w.field(c.rawValue, Int64(report.byCategory[c] ?? 0)) }
+                w.endObject()
+                w.key("by_channel")
+                w.beginObject()
+                for c in Channel.allCases { w.field(c.rawValue, Int64(report.byChannel[c] ?? 0)) }
+                w.endObject()
+                w.key("oldest_record")
+                if let oldest = report.oldestCreatedAt { w.string(RFC3339.format(milliseconds: oldest)) } else { w.null() }
+                w.field("held_past_expiry", Int64(report.heldPastExpiry))
+                w.key("expiries_per_day")
+                w.beginArray()
+                for (day, count) in report.expiriesPerDay.enumerated() {
+                    w.beginObject()
+                    w.field("date", String(RFC3339.format(milliseconds: now + Int64(day) * 86_400_000).prefix(10)))
+                    w.field("records", Int64(count))
+                    w.endObject()
+                }
+                w.endArray()
+                w.key("retention")
+                Self.writeRetention(report.retention, now: now, into: &w)
+                w.endObject()
+            }
+        }
+    }
+
+    static func writeAudit(_ entries: [AuditEntry], after: UInt64, into w: inout JSONWriter) {
+        w.beginObject()
+        w.key("entries")
+        w.beginArray()
+        for e in entries {
+            w.beginObject()
+            w.key("seq")
+            w.uint(e.seq)
+            w.time("at", e.at)
+            w.optionalString("tenant", e.tenant)
+            w.field("actor", e.actor)
+            w.field("action", e.action)
+            w.optionalString("target", e.target)
+            w.field("outcome", e.outcome)
+            w.key("count")
+            w.uint(e.count)
+            w.optionalString("reference", e.reference)
+            w.field("prev", e.prev.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined())
+            w.field("hash", e.hashHex)
+            w.endObject()
+        }
+        w.endArray()
+        w.key("next")
+        w.uint(entries.last?.seq ?? after)
+        w.endObject()
+    }
+}
