@@ -908,7 +908,7 @@ private func utf8SequenceLength(_ bytes: UnsafeRawBufferPointer, at index: Int) 
     case 0xED: count = 3; secondRange = 0x80...0x9F
     case 0xF0: count = 4; secondRange = 0x90...0xBF
     case 0xF1...0xF3: count = 4
-    case 0xF4: count = 4
+    case 0xF4: count = 4; secondRange = 0x80...0x8F
     default: return nil
     }
     guard bytes.count - index >= count, secondRange.contains(bytes[index + 1]) else { return nil }

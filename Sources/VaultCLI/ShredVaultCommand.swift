@@ -1,11 +1,6 @@
 public import ArgumentParser
 
 /// The `shredvault` command: configuration only; each subcommand lives in its own file.
-///
-/// The `@available` matches `AsyncParsableCommand`'s own: without it, `main()` called from
-/// `main.swift` resolves to `ParsableCommand`'s synchronous overload, which refuses to run
-/// the async subcommands (`init`, `serve`).
-@available(macOS 10.15, macCatalyst 13, iOS 13, tvOS 13, watchOS 6, *)
 public struct ShredVaultCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "shredvault",

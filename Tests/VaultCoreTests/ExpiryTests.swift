@@ -218,6 +218,24 @@ import LMDB
         #expect(keys == Set(live.map { Layout.ciphertextKey(number, $0.id, $0.version) }))
     }
 
+    /// BUG (metrics): `SweepSummary.ciphertextsRemoved` is documented as "ciphertexts deleted
+    /// (dead records and orphans)", but the ciphertexts of held records that expire once their
+    /// hold is lifted are deleted in `destroyExpiredKeys` without being counted.
+    @Test func sweepCountsTheCiphertextsOfHeldRecordsThatExpire() async throws {
+        let tv = try TestVault(bucketWidthSeconds: width)
+        defer { tv.vault.close() }
+        let v = tv.vault
+        _ = try await v.createTenant(acme, actor: .system)
+        let r = try await v.write(try newRecord("h", "{}", retention: 5), tenant: acme, actor: agent)
+        let hold = try await v.addHold(.record(r.id), reason: "r", reference: "x", tenant: acme, actor: admin)
+        advance(tv.clock, to: bucketEnd(of: r.expiresAt))
+        #expect(try await v.sweep().heldRecordsRewrapped == 1)
+        try await v.removeHold(hold.id, tenant: acme, actor: admin)
+        let summary = try await v.sweep()
+        #expect(summary.heldRecordsExpired == 1)
+        #expect(summary.ciphertextsRemoved == 1)
+    }
+
     /// BUG: an expired record must stay unreadable ("refuse if expired even before any
     /// sweep"; DESIGN.md: before the rotation "the record is already unreadable through every
     /// API"). A subject hold placed *after* expires_at but before the sweep makes it readable

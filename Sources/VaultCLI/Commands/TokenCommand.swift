@@ -13,9 +13,9 @@ struct TokenCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Issue a token.",
             discussion: """
-                Prints the new token alone on stdout (it is shown once; only its hash is kept), \
-                so `shredvault token issue ... > agent.token` stores it; the token's id, role and \
-                tenant go to stderr. With --json, prints the daemon's answer instead.
+                Prints the new token alone on stdout (it is shown once; only its hash is kept), or \
+                writes it to --output FILE (created 0600, never overwritten); the token's id, role \
+                and tenant go to stderr. With --json, prints the daemon's answer instead.
                 """)
 
         @Option(help: ArgumentHelp("The tenant an agent or admin token belongs to.", valueName: "id"))
@@ -27,9 +27,16 @@ struct TokenCommand: ParsableCommand {
         @Option(help: ArgumentHelp("Who or what holds the token (shown in listings and audit).", valueName: "name"))
         var name: String
 
+        @Option(help: ArgumentHelp("Write the token to this new file (mode 0600) instead of stdout.", valueName: "file"))
+        var output: String?
+
         @OptionGroup var client: ClientOptions
 
         func validate() throws {
+            if let output {
+                guard !output.isEmpty else { throw ValidationError("--output must not be empty") }
+                guard !client.json else { throw ValidationError("--output and --json do not go together") }
+            }
             guard let role = Role(rawValue: role) else { throw ValidationError("--role must be agent, admin or operator") }
             guard !name.isEmpty else { throw ValidationError("--name must not be empty") }
             switch (role, tenant) {
@@ -43,6 +50,8 @@ struct TokenCommand: ParsableCommand {
 
         func run() throws {
             try withDaemon(client) { daemon in
+                // Fail before the token is issued rather than after, when it could not be stored.
+                if let output, Files.exists(output) { throw CLIError("\(output) already exists; refusing to overwrite it") }
                 let response = try daemon.call("POST", "/v1/admin/tokens") { w in
                     w.beginObject()
                     if let tenant { w.field("tenant", tenant) }
@@ -70,9 +79,13 @@ struct TokenCommand: ParsableCommand {
                 defer { wipe(&token) }
                 let info = try JSONValue.parse(try response.body.blankingMember("token"))
                 let scope = info["tenant"]?.string.map { "for tenant \($0)" } ?? "(no tenant)"
-                Terminal.error("issued \(role) token \(info["id"]?.plainText ?? "?") \(scope), name \"\(name)\"; "
-                    + "the token is shown once")
-                Terminal.outBytes(token)
+                Terminal.error("issued \(role) token \(info["id"]?.plainText ?? "?") \(scope), name \"\(name)\""
+                    + (output.map { "; written to \($0)" } ?? "; the token is shown once"))
+                if let output {
+                    try Files.create(output, mode: 0o600, contents: token)
+                } else {
+                    Terminal.outBytes(token)
+                }
             }
         }
     }

@@ -83,6 +83,25 @@ enum Files {
         }
     }
 
+    /// Creates a new file with `mode` (refusing an existing one) and writes `contents`.
+    static func create(_ path: String, mode: mode_t, contents: [UInt8]) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode)
+        guard fd >= 0 else { throw CLIError("cannot create \(path): \(errnoText())") }
+        defer { close(fd) }
+        // Exactly `mode`, whatever the umask.
+        fchmod(fd, mode)
+        var done = 0
+        while done < contents.count {
+            let n = contents.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw CLIError("cannot write \(path): \(errnoText())")
+            }
+            done += n
+        }
+        guard fsync(fd) == 0 else { throw CLIError("cannot sync \(path): \(errnoText())") }
+    }
+
     /// Permission bits of `path`, or nil when it cannot be stat'ed.
     static func mode(_ path: String) -> mode_t? {
         var st = stat()

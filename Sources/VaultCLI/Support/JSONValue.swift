@@ -89,7 +89,9 @@ indirect enum JSONValue {
     /// A scalar as shown in readable output: strings unquoted, null as `-`.
     var plainText: String {
         switch self {
-        case .string(let s): s
+        // Control characters (an ESC sequence in a tenant's data) are never sent to the
+        // terminal raw: such a string is shown JSON-escaped.
+        case .string(let s): s.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F } ? JSONValue.quoted(s) : s
         case .number(let n): n
         case .bool(let b): b ? "yes" : "no"
         case .null: "-"
@@ -148,7 +150,8 @@ enum Readable {
     static func member(_ key: String, _ v: JSONValue, indent: String, into lines: inout [String]) {
         switch v {
         case _ where key == "data":
-            lines.append("\(indent)\(key): " + JSONValue.pretty(v, indent: indent))
+            let text = "\(indent)\(key): " + JSONValue.pretty(v, indent: indent)
+            lines += text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         case .object(let members) where members.isEmpty:
             lines.append("\(indent)\(key): (none)")
         case .array(let items) where items.isEmpty:

@@ -34,7 +34,7 @@ extension Vault {
                 guard let m = try t.meta(id, in: ks, dbs: dbs) else {
                     throw VaultError.corrupt("subject index names record \(id), which has no metadata")
                 }
-                held = try t.isHeld(id, tag: tag, in: ks, dbs: dbs)
+                held = try t.isHeld(id, tag: tag, expiresAt: m.expiresAt, in: ks, dbs: dbs)
                 metas.append((id, m))
             }
             if held {

@@ -97,9 +97,14 @@ extension ResolvedTenant {
         try txn.withValue(forKey: Layout.recordKey(number, id), in: dbs.records) { b in try b.map(RecordMeta.decode) }
     }
 
-    func isHeld(_ id: RecordID, tag: [UInt8], in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> Bool {
-        try txn.contains(key: Layout.tenantKey(number) + [LegalHoldRow.Kind.record.rawValue] + id.bytes, in: dbs.heldTargets)
-            || txn.contains(key: Layout.tenantKey(number) + [LegalHoldRow.Kind.subject.rawValue] + tag, in: dbs.heldTargets)
+    /// Whether a legal hold keeps this record: a hold on the record or on its subject that
+    /// was placed before the record expired. A hold placed later cannot bring an expired
+    /// record back (reads refuse at `expires_at`, held or not).
+    func isHeld(_ id: RecordID, tag: [UInt8], expiresAt: Int64, in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> Bool {
+        for key in [heldKey(.record, id.bytes), heldKey(.subject, tag)] {
+            if let held = try HeldTarget.load(key, in: txn, dbs: dbs), held.since < expiresAt { return true }
+        }
+        return false
     }
 
     func hasHolds(in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> Bool {
@@ -115,7 +120,7 @@ extension ResolvedTenant {
     /// unless a legal hold keeps it.
     func live(_ id: RecordID, now: Int64, in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> RecordMeta? {
         guard let m = try meta(id, in: txn, dbs: dbs) else { return nil }
-        if now >= m.expiresAt, try !isHeld(id, tag: m.tag, in: txn, dbs: dbs) { return nil }
+        if now >= m.expiresAt, try !isHeld(id, tag: m.tag, expiresAt: m.expiresAt, in: txn, dbs: dbs) { return nil }
         return m
     }
 
@@ -241,7 +246,10 @@ extension Vault {
         }
         let id = RecordID.generate(milliseconds: now)
         let root = try t.rootKey(context)
-        let expiresAt = now + retention * 1000
+        let (expiresAt, overflow) = now.addingReportingOverflow(retention.multipliedReportingOverflow(by: 1000).partialValue)
+        guard !overflow, retention <= ISODuration.maximumSeconds else {
+            throw VaultError.invalidArgument("retention is longer than \(ISODuration.format(seconds: ISODuration.maximumSeconds))")
+        }
         var m = RecordMeta(category: record.category, channel: record.channel, createdAt: now, expiresAt: expiresAt,
                            version: 1, tag: try t.tag(of: record.subject, root: root),
                            bucket: Retention.bucket(of: expiresAt, width: context.configuration.bucketWidthSeconds),
@@ -291,7 +299,7 @@ extension Vault {
                 try AuditLog.append(event, in: ks, dbs: dbs, context: context)
                 throw AuditedRefusal(error: .notFound)
             }
-            if try t.isHeld(id, tag: old.tag, in: ks, dbs: dbs) {
+            if try t.isHeld(id, tag: old.tag, expiresAt: old.expiresAt, in: ks, dbs: dbs) {
                 event.outcome = "refused:legal_hold"
                 try AuditLog.append(event, in: ks, dbs: dbs, context: context)
                 throw AuditedRefusal(error: .legalHold("record \(id) is under a legal hold"))
@@ -318,7 +326,7 @@ extension Vault {
                 try AuditLog.append(event, in: ks, dbs: dbs, context: context)
                 throw AuditedRefusal(error: .notFound)
             }
-            if try t.isHeld(id, tag: m.tag, in: ks, dbs: dbs) {
+            if try t.isHeld(id, tag: m.tag, expiresAt: m.expiresAt, in: ks, dbs: dbs) {
                 event.outcome = "refused:legal_hold"
                 try AuditLog.append(event, in: ks, dbs: dbs, context: context)
                 throw AuditedRefusal(error: .legalHold("record \(id) is under a legal hold"))

@@ -21,6 +21,26 @@ public enum HoldTarget: Sendable {
     case record(RecordID)
 }
 
+/// The index entry of a held target: how many holds cover it and since when (the earliest
+/// of them), so a hold protects only records that had not expired when it was placed.
+struct HeldTarget: Equatable {
+    var count: UInt32
+    var since: Int64
+
+    func encode() -> [UInt8] { [1] + .be(count) + .be(UInt64(bitPattern: since)) }
+
+    static func load(_ key: [UInt8], in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> HeldTarget? {
+        try txn.withValue(forKey: key, in: dbs.heldTargets) { b in
+            guard let b else { return nil }
+            var r = ByteReader(b, what: "held target")
+            try r.format(1)
+            let held = HeldTarget(count: try r.u32(), since: try r.i64())
+            try r.end()
+            return held
+        }
+    }
+}
+
 extension ResolvedTenant {
     /// Hold texts (reason, reference) may name people: they are sealed under a key derived
     /// from the tenant's blinding key, which is stable across rotations.
@@ -72,10 +92,12 @@ extension Vault {
             let row = LegalHoldRow(kind: kind, target: targetBytes, createdAt: now, sealedText: [1] + box)
             try ks.put(row.encode(), forKey: Layout.tenantKey(t.number) + id.bytes, in: dbs.holds)
             let heldKey = t.heldKey(kind, targetBytes)
-            let count: UInt32 = try ks.withValue(forKey: heldKey, in: dbs.heldTargets) { b in b.map { readBE($0, at: 0) } ?? 0 }
-            try ks.put(.be(count + 1), forKey: heldKey, in: dbs.heldTargets)
-            try AuditLog.append(.init(tenant: t.auditTenant, actor: actor, action: "hold.add", target: "hold:\(id)",
-                                      reference: reference.isEmpty ? nil : reference), in: ks, dbs: dbs, context: context)
+            let previous = try HeldTarget.load(heldKey, in: ks, dbs: dbs)
+            try ks.put(HeldTarget(count: (previous?.count ?? 0) + 1, since: min(previous?.since ?? now, now)).encode(),
+                       forKey: heldKey, in: dbs.heldTargets)
+            // The reference stays sealed with the hold: the audit entry names the hold only.
+            try AuditLog.append(.init(tenant: t.auditTenant, actor: actor, action: "hold.add", target: "hold:\(id)"),
+                                in: ks, dbs: dbs, context: context)
             return LegalHold(id: id.description, target: publicTarget, reason: reason, reference: reference, createdAt: now)
         }
     }
@@ -130,10 +152,20 @@ extension Vault {
                 throw VaultError.notFound
             }
             try ks.delete(key: key, in: dbs.holds)
+            // Recount the holds left on the same target, and when the earliest of them began.
+            var remaining = HeldTarget(count: 0, since: .max)
+            let prefix = Layout.tenantKey(t.number)
+            try ks.forEach(in: dbs.holds, from: prefix, prefix: prefix) { _, v in
+                let other = try LegalHoldRow.decode(v)
+                if other.kind == row.kind && other.target == row.target {
+                    remaining.count += 1
+                    remaining.since = min(remaining.since, other.createdAt)
+                }
+                return .continue
+            }
             let heldKey = t.heldKey(row.kind, row.target)
-            let count: UInt32 = try ks.withValue(forKey: heldKey, in: dbs.heldTargets) { b in b.map { readBE($0, at: 0) } ?? 0 }
-            if count > 1 {
-                try ks.put(.be(count - 1), forKey: heldKey, in: dbs.heldTargets)
+            if remaining.count > 0 {
+                try ks.put(remaining.encode(), forKey: heldKey, in: dbs.heldTargets)
             } else {
                 try ks.delete(key: heldKey, in: dbs.heldTargets)
             }

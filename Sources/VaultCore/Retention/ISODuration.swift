@@ -2,6 +2,10 @@
 /// combinations (`P1DT12H`). Years and months are refused: their length in days varies,
 /// and a retention period must be exact.
 public enum ISODuration {
+    /// The longest duration accepted anywhere (100 years): far beyond any contract, and far
+    /// from overflowing a millisecond timestamp.
+    public static let maximumSeconds: Int64 = 100 * 365 * 86_400
+
     /// Parses to whole seconds; throws `invalidArgument` naming `field`.
     public static func seconds(_ text: String, field: String = "duration") throws -> Int64 {
         let bad = VaultError.invalidArgument("\(field) must be an ISO 8601 duration in weeks, days, hours, minutes or seconds, like P92D or PT2S")
@@ -35,11 +39,20 @@ public enum ISODuration {
                 default: throw bad
                 }
                 guard seenUnits.insert(key).inserted else { throw bad }
-                total += n * unit
+                let (part, o1) = n.multipliedReportingOverflow(by: unit)
+                let (sum, o2) = total.addingReportingOverflow(part)
+                guard !o1, !o2 else { throw bad }
+                total = sum
                 number = nil
             }
         }
-        guard number == nil, !seenUnits.isEmpty, total > 0 else { throw bad }
+        // A "T" must be followed by at least one time unit (P1DT is not a duration).
+        guard number == nil, !seenUnits.isEmpty, total > 0, !inTime || seenUnits.contains(where: { $0.hasPrefix("T") }) else {
+            throw bad
+        }
+        guard total <= maximumSeconds else {
+            throw VaultError.invalidArgument("\(field) must be at most \(maximumSeconds / 86_400) days")
+        }
         return total
     }
 

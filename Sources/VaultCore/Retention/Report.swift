@@ -35,11 +35,11 @@ extension Vault {
             var report = TenantReport(retention: RetentionState(policy: try Retention.policy(t, in: ks, dbs: dbs),
                                                                 extensions: try Retention.extensions(t, in: ks, dbs: dbs)))
             let prefix = Layout.tenantKey(t.number)
-            var held: [(RecordID, [UInt8])] = []
+            var held: [(RecordID, [UInt8], Int64)] = []
             try ks.forEach(in: dbs.records, from: prefix, prefix: prefix) { k, v in
                 let m = try RecordMeta.decode(v)
                 if now >= m.expiresAt {
-                    held.append((RecordID(bytes: Array(k[4...])), m.tag))
+                    held.append((RecordID(bytes: Array(k[4...])), m.tag, m.expiresAt))
                     return .continue
                 }
                 report.records += 1
@@ -51,7 +51,7 @@ extension Vault {
                 if day < report.expiriesPerDay.count { report.expiriesPerDay[day] += 1 }
                 return .continue
             }
-            for (id, tag) in held where try t.isHeld(id, tag: tag, in: ks, dbs: dbs) {
+            for (id, tag, expiresAt) in held where try t.isHeld(id, tag: tag, expiresAt: expiresAt, in: ks, dbs: dbs) {
                 report.heldPastExpiry += 1
             }
             try AuditLog.append(.init(tenant: t.auditTenant, actor: actor, action: "report", target: nil,

@@ -73,8 +73,9 @@ extension Vault {
             let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             let exts = try Retention.extensions(t, in: ks, dbs: dbs)
             let now = context.now
-            guard policy.defaultSeconds > 0, policy.categories.values.allSatisfy({ $0 > 0 }) else {
-                throw VaultError.invalidArgument("retention periods must be positive")
+            let periods = [policy.defaultSeconds] + Array(policy.categories.values)
+            guard periods.allSatisfy({ $0 > 0 && $0 <= ISODuration.maximumSeconds }) else {
+                throw VaultError.invalidArgument("retention periods must be positive and at most \(ISODuration.maximumSeconds / 86_400) days")
             }
             for c in DataCategory.allCases {
                 let asked = policy.seconds(for: c)
@@ -94,7 +95,9 @@ extension Vault {
     public func addRetentionExtension(purpose: RetentionExtension.Purpose, reference: String, retentionSeconds: Int64,
                                       categories: [DataCategory], until: Int64, tenant: TenantID,
                                       actor: Actor) async throws -> RetentionExtension {
-        guard retentionSeconds > 0 else { throw VaultError.invalidArgument("retention must be positive") }
+        guard retentionSeconds > 0, retentionSeconds <= ISODuration.maximumSeconds else {
+            throw VaultError.invalidArgument("retention must be positive and at most \(ISODuration.maximumSeconds / 86_400) days")
+        }
         guard !categories.isEmpty else { throw VaultError.invalidArgument("categories must not be empty") }
         guard (1...200).contains(reference.utf8.count) else { throw VaultError.invalidArgument("reference must be 1 to 200 bytes") }
         return try await perform { ks, _, context in

@@ -93,7 +93,7 @@ struct Sweeper {
                     if anyHolds {
                         for id in try ids(inBucket: e, of: t, in: txn, limit: .max) {
                             guard var m = try t.meta(id, in: txn, dbs: dbs),
-                                  try t.isHeld(id, tag: m.tag, in: txn, dbs: dbs) else { continue }
+                                  try t.isHeld(id, tag: m.tag, expiresAt: m.expiresAt, in: txn, dbs: dbs) else { continue }
                             guard let dek = try t.dataKey(id, m, root: root, in: txn, dbs: dbs) else { continue }
                             let (hold, holdKey) = try t.bucketCreatingIfNeeded(Layout.holdingBucket, root: root, in: txn, dbs: dbs)
                             m.bucket = Layout.holdingBucket
@@ -115,7 +115,7 @@ struct Sweeper {
                 if hasHoldingBucket {
                     for id in try ids(inBucket: Layout.holdingBucket, of: t, in: txn, limit: .max) {
                         guard let m = try t.meta(id, in: txn, dbs: dbs), now >= m.expiresAt,
-                              try !t.isHeld(id, tag: m.tag, in: txn, dbs: dbs) else { continue }
+                              try !t.isHeld(id, tag: m.tag, expiresAt: m.expiresAt, in: txn, dbs: dbs) else { continue }
                         try t.destroy(id, m, in: txn, dbs: dbs, context: context)
                         heldExpired += 1
                     }
@@ -130,6 +130,7 @@ struct Sweeper {
         context.keyCache.removeAll()
         deletes = context.takeCiphertextDeletes()
         try deleteCiphertexts(deletes)
+        summary.ciphertextsRemoved += deletes.count
         summary.bucketsDestroyed = destroyed
         summary.heldRecordsRewrapped = rewrapped
         summary.heldRecordsExpired = heldExpired
