@@ -25,9 +25,13 @@ public struct SecretBytes: ~Copyable, @unchecked Sendable {
     /// The number of secret bytes.
     public let count: Int
 
+    /// A scratch buffer rewritten on every use stays writable: toggling page protection
+    /// costs two mprotect calls, each a TLB shootdown across every core.
+    let alwaysWritable: Bool
+
     /// Allocates `count` bytes with `sodium_malloc` and runs `initialize` on them
     /// before the pages are made read-only.
-    private init(allocating count: Int, initialize: (UnsafeMutableRawBufferPointer) -> Void) throws {
+    private init(allocating count: Int, writable: Bool = false, initialize: (UnsafeMutableRawBufferPointer) -> Void) throws {
         try Sodium.initialize()
         guard count >= 0 else {
             throw SodiumError.invalidLength("count", expected: 0, actual: count)
@@ -38,9 +42,18 @@ public struct SecretBytes: ~Copyable, @unchecked Sendable {
             throw SodiumError.allocationFailure
         }
         initialize(UnsafeMutableRawBufferPointer(start: base, count: count))
-        Self.protectReadOnly(base)
+        if !writable { Self.protectReadOnly(base) }
         self.base = base
         self.count = count
+        self.alwaysWritable = writable
+    }
+
+    /// `count` zero bytes in guarded memory (guard pages, mlock, wiped on release) that
+    /// stay writable: for a scratch buffer the owner rewrites on every use, such as the
+    /// writer thread's data-key buffer, where read-only toggling would cost two mprotect
+    /// calls (and TLB shootdowns) per record.
+    public static func scratch(count: Int) throws -> SecretBytes {
+        try SecretBytes(allocating: count, writable: true) { buffer in secureZero(buffer) }
     }
 
     /// Allocates `count` zero bytes in guarded memory.
@@ -101,6 +114,7 @@ public struct SecretBytes: ~Copyable, @unchecked Sendable {
     public mutating func withUnsafeMutableBytes<R: ~Copyable, E: Error>(
         _ body: (UnsafeMutableRawBufferPointer) throws(E) -> R
     ) throws(E) -> R {
+        if alwaysWritable { return try body(UnsafeMutableRawBufferPointer(start: base, count: count)) }
         Self.protectReadWrite(base)
         defer { Self.protectReadOnly(base) }
         return try body(UnsafeMutableRawBufferPointer(start: base, count: count))

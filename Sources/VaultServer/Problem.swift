@@ -81,6 +81,11 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             return try await next(request, context)
         } catch let p as Problem {
             throw p
+        } catch VaultError.tenantNotFound where !request.uri.path.hasPrefix("/v1/admin/") {
+            // A tenant-scoped token whose tenant was just offboarded (its tokens are revoked
+            // in the same commit, and leave the in-memory table right after): it is no
+            // longer a valid token.
+            throw Problem.unauthorized()
         } catch let e as VaultError {
             let p = Problem.from(e)
             if p.status == .internalServerError {

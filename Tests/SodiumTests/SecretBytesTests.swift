@@ -136,3 +136,22 @@ struct SecretBytesProtectionTests {
     }
     #endif
 }
+
+@Suite("SecretBytes scratch buffers")
+struct SecretBytesScratchTests {
+    @Test("a scratch buffer starts zeroed and can be rewritten in place many times")
+    func scratchIsRewritable() throws {
+        var scratch = try SecretBytes.scratch(count: 32)
+        let zero = scratch.withUnsafeBytes { $0.allSatisfy { $0 == 0 } }
+        #expect(zero)
+        var seen = Set<[UInt8]>()
+        for _ in 0..<100 {
+            scratch.withUnsafeMutableBytes { Random.fill($0) }
+            seen.insert(scratch.withUnsafeBytes { Array($0) })
+        }
+        #expect(seen.count == 100)
+        scratch.withUnsafeMutableBytes { secureZero($0) }
+        let wiped = scratch.withUnsafeBytes { $0.allSatisfy { $0 == 0 } }
+        #expect(wiped)
+    }
+}

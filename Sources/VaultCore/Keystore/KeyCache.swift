@@ -16,7 +16,7 @@ final class KeyCache {
 
     init(capacity: Int = 4096) throws {
         self.capacity = capacity
-        scratch = try SecretBytes(count: AEAD.keyCount)
+        scratch = try SecretBytes.scratch(count: AEAD.keyCount)
     }
 
     var count: Int { entries.count }
