@@ -10,7 +10,24 @@ import Sodium
 /// to open as before. Bounded; cleared (every key wiped) on rotation, sweep and offboarding.
 /// Confined to the writer thread.
 final class KeyCache {
-    private var entries: [[UInt8]: Key] = [:]
+    /// Entries are found by the first 16 bytes of the blob's random nonce (cheap to hash),
+    /// then confirmed against the full associated data and blob they were opened from.
+    private struct Slot: Hashable {
+        let a: UInt64, b: UInt64
+        init(_ blob: [UInt8]) {
+            var a: UInt64 = 0, b: UInt64 = 0
+            for i in 0..<8 where i + 1 < blob.count { a = a << 8 | UInt64(blob[i + 1]) }
+            for i in 8..<16 where i + 1 < blob.count { b = b << 8 | UInt64(blob[i + 1]) }
+            self.a = a
+            self.b = b
+        }
+    }
+    private struct Entry {
+        let ad: [UInt8]
+        let blob: [UInt8]
+        let key: Key
+    }
+    private var entries: [Slot: Entry] = [:]
     private let capacity: Int
     private var scratch: SecretBytes
 
@@ -22,11 +39,11 @@ final class KeyCache {
     var count: Int { entries.count }
 
     func unwrap(_ blob: [UInt8], under kek: borrowing SecretBytes, ad: [UInt8], what: @autoclosure () -> String) throws -> Key {
-        let id = ad + blob
-        if let key = entries[id] { return key }
+        let slot = Slot(blob)
+        if let entry = entries[slot], entry.blob == blob, entry.ad == ad { return entry.key }
         let key = try KeyHierarchy.unwrap(blob, under: kek, ad: ad, what: what())
         if entries.count >= capacity { entries.removeAll() }
-        entries[id] = key
+        entries[slot] = Entry(ad: ad, blob: blob, key: key)
         return key
     }
 
