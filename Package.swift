@@ -64,6 +64,7 @@ let package = Package(
             dependencies: [
                 "VaultCore", "VaultAPI", "VaultClient", "VaultServer", "Sodium",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),

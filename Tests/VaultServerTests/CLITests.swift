@@ -63,13 +63,13 @@ private enum CLIHarness {
         process.currentDirectoryURL = URL(fileURLWithPath: directory)
         process.environment = environment(extra)
         let out = "\(directory)/\(name).stdout", err = "\(directory)/\(name).stderr"
-        FileManager.default.createFile(atPath: out, contents: nil)
-        FileManager.default.createFile(atPath: err, contents: nil)
+        try write(out, "")
+        try write(err, "")
         process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
         if let stdin {
             let path = "\(directory)/\(name).stdin"
-            FileManager.default.createFile(atPath: path, contents: Data(stdin.utf8))
+            try write(path, stdin)
             process.standardInput = try FileHandle(forReadingFrom: URL(fileURLWithPath: path))
         } else {
             process.standardInput = FileHandle.nullDevice
@@ -102,6 +102,14 @@ private enum CLIHarness {
                          exited: finished && process.terminationReason == .exit,
                          stdout: (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
                          stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+    }
+
+    /// Writes a file with `mode`, failing the test if it cannot.
+    static func write(_ path: String, _ contents: String, mode: Int = 0o600) throws {
+        guard FileManager.default.createFile(atPath: path, contents: Data(contents.utf8),
+                                             attributes: [.posixPermissions: mode]) else {
+            throw CLITestError("cannot write \(path)")
+        }
     }
 
     static func mode(_ path: String) -> mode_t? {
@@ -147,8 +155,10 @@ private final class CLIVault {
             throw CLITestError("init failed (\(result.status)): \(result.stderr)")
         }
         operatorToken = token
-        FileManager.default.createFile(atPath: directory + "/operator.token", contents: Data((token + "\n").utf8),
-                                       attributes: [.posixPermissions: 0o600])
+        do { try CLIHarness.write(directory + "/operator.token", token + "\n") } catch {
+            CLIHarness.remove(directory)
+            throw error
+        }
     }
 
     deinit { CLIHarness.remove(directory) }
@@ -221,16 +231,14 @@ private func runSession(_ vault: CLIVault, daemon: CLIDaemon) throws -> CLISessi
     // stdout is the token alone, so `> file` stores it.
     #expect(adminIssued.stdout.hasPrefix("svt_") && adminIssued.stdout.hasSuffix("\n")
             && adminIssued.stdout.split(separator: "\n").count == 1)
-    FileManager.default.createFile(atPath: adminFile, contents: Data(adminIssued.stdout.utf8),
-                                   attributes: [.posixPermissions: 0o600])
+    try CLIHarness.write(adminFile, adminIssued.stdout)
 
     let subject = "cust-\(UUID().uuidString.prefix(8))"
     let marker = "invoice-\(UUID().uuidString.prefix(8))"
     let subjectFile = vault.directory + "/subject"
-    FileManager.default.createFile(atPath: subjectFile, contents: Data((subject + "\n").utf8),
-                                   attributes: [.posixPermissions: 0o600])
+    try CLIHarness.write(subjectFile, subject + "\n")
     let dataFile = vault.directory + "/data.json"
-    FileManager.default.createFile(atPath: dataFile, contents: Data(#"{"note": "called about \#(marker)"}"#.utf8))
+    try CLIHarness.write(dataFile, #"{"note": "called about \#(marker)"}"#)
 
     let put = try vault.cli(["put", "--category", "personal", "--channel", "phone", "--subject-file", subjectFile,
                              "--data-file", dataFile, "--json"], token: agentFile)
@@ -307,6 +315,25 @@ struct CLITests {
         #expect(result.stderr.hasPrefix("shredvault: "))
         #expect(result.stderr.contains("chmod 600"))
         #expect(!CLIHarness.isSocket(vault.socket))
+    }
+
+    @Test("serve refuses a world-writable data directory and a directory another daemon holds")
+    func serveRefusals() throws {
+        let vault = try CLIVault()
+        let serve = ["serve", "--data-dir", vault.data, "--key-file", vault.keyFile]
+
+        #expect(chmod(vault.data, 0o777) == 0)
+        let open = try CLIHarness.run(serve + ["--socket", vault.socket], in: vault.directory, seconds: 20)
+        #expect(open.exited && open.status == 1)
+        #expect(open.stderr.hasPrefix("shredvault: ") && open.stderr.contains("world-writable"))
+        #expect(chmod(vault.data, 0o700) == 0)
+
+        let daemon = try CLIDaemon(vault)
+        let second = try CLIHarness.run(serve + ["--socket", vault.directory + "/t.sock"], in: vault.directory, seconds: 20)
+        #expect(second.exited && second.status == 1)
+        #expect(second.stderr.hasPrefix("shredvault: ") && second.stderr.contains("in use"))
+        #expect(CLIHarness.isSocket(vault.socket), "the first daemon keeps serving")
+        #expect(daemon.terminate())
     }
 
     @Test("a session through the daemon: tenant, tokens, put, get, erase, 404, audit verify, SIGTERM")

@@ -45,6 +45,9 @@ struct PutCommand: ParsableCommand {
         try withDaemon(client) { daemon in
             var subjectBytes = try subject.read()
             defer { wipe(&subjectBytes) }
+            if dataFile == nil && Terminal.stdinIsTerminal {
+                Terminal.error("reading the record data (JSON) from standard input; end it with Ctrl-D")
+            }
             var data = try dataFile.map { try Files.read($0, what: "data file") }
                 ?? Files.readStandardInput(what: "the record data on standard input")
             defer { wipe(&data) }

@@ -58,9 +58,8 @@ struct ServeCommand: AsyncParsableCommand {
     func settings() throws -> Settings {
         var vault = VaultConfiguration()
         if let bucketWidth {
-            do { vault.bucketWidthSeconds = try ISODuration.seconds(bucketWidth, field: "--bucket-width") } catch let e as VaultError {
-                throw ValidationError("\(e)")
-            }
+            try checkDuration(bucketWidth, option: "--bucket-width")
+            vault.bucketWidthSeconds = try ISODuration.seconds(bucketWidth, field: "--bucket-width")
             guard vault.bucketWidthSeconds >= 1 else { throw ValidationError("--bucket-width must be at least PT1S") }
         }
         if let mapSize {

@@ -103,6 +103,8 @@ func keyValue(_ text: String, option: String) throws -> (String, String) {
 /// Checks an ISO 8601 duration before it is sent (the daemon checks again).
 func checkDuration(_ text: String, option: String) throws {
     do { _ = try ISODuration.seconds(text, field: option) } catch let e as VaultError {
+        // VaultCore's message already names the option ("--default must be an ISO 8601 duration…").
+        if case .invalidArgument(let message) = e { throw ValidationError(message) }
         throw ValidationError("\(option): \(e)")
     }
 }

@@ -51,6 +51,8 @@ enum Terminal {
 ///
 /// `Sendable`: the text and the running flag live in a `Mutex`; the drawing thread reads
 /// them only through it.
+/// - Warning: Call `finish()` (a `defer` is best): the drawing thread keeps the spinner,
+///   and itself, alive until then.
 final class Progress: Sendable {
     private struct State {
         var text: String
@@ -92,8 +94,6 @@ final class Progress: Sendable {
             s.running = false
         }
     }
-
-    deinit { finish() }
 
     private func draw() {
         let frames = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"]
