@@ -153,7 +153,7 @@ enum AuditLog {
         return AuditVerification(entries: count, firstBroken: broken?.0, reason: broken?.1)
     }
 
-    static func entry(seq: UInt64, in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> AuditEntry? {
+    static func entry(seq: UInt64, in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> Optional<AuditEntry> {
         try txn.withValue(forKey: Layout.auditKey(seq), in: dbs.audit) { b in
             guard let b else { return nil }
             return try AuditEntry.decode(b).entry

@@ -280,15 +280,7 @@ final class PendingOperation<T: Sendable>: BatchOperation, @unchecked Sendable {
         result = try body(keystore, records, context)
     }
 
-    func finish(_ error: (any Error)?) {
-        if let error {
-            continuation.resume(throwing: error)
-        } else if let result {
-            continuation.resume(returning: result)
-        } else {
-            continuation.resume(throwing: VaultError.io("operation produced no result"))
-        }
-    }
+    func finish(_ error: (any Error)?) { resume(continuation, result, error) }
 }
 
 final class PendingExclusive<T: Sendable>: ExclusiveOperation, @unchecked Sendable {
@@ -307,14 +299,17 @@ final class PendingExclusive<T: Sendable>: ExclusiveOperation, @unchecked Sendab
         result = try body(stores, context)
     }
 
-    func finish(_ error: (any Error)?) {
-        if let error {
-            continuation.resume(throwing: error)
-        } else if let result {
-            continuation.resume(returning: result)
-        } else {
-            continuation.resume(throwing: VaultError.io("operation produced no result"))
-        }
+    func finish(_ error: (any Error)?) { resume(continuation, result, error) }
+}
+
+/// Completes a caller: with the error, or with the result the operation stored.
+private func resume<T: Sendable>(_ continuation: CheckedContinuation<T, any Error>, _ result: T?, _ error: (any Error)?) {
+    if let error {
+        continuation.resume(throwing: error)
+    } else if let result {
+        continuation.resume(returning: result)
+    } else {
+        continuation.resume(throwing: VaultError.io("operation produced no result"))
     }
 }
 
