@@ -141,6 +141,7 @@ final class GroupCommitWriter: @unchecked Sendable {
     }
 
     private func run() {
+        Thread.current.name = "sv-writer"  // visible to top/perf as the thread's comm
         while true {
             condition.lock()
             while queue.isEmpty && !closing && state.pendingCiphertextDeletes.isEmpty {
