@@ -124,7 +124,10 @@ extension VaultServer {
         if let declared = request.headers[.contentLength].flatMap({ Int($0) }), declared > configuration.maxBody {
             throw Problem(.contentTooLarge, "request body is larger than \(configuration.maxBody) bytes")
         }
-        var buffer = try await request.collectBody(upTo: configuration.maxBody)
+        // `body.collect` (not `collectBody`) so the request keeps no second reference: the
+        // zeroing below then writes the buffer itself rather than a copy-on-write copy.
+        // NIO's own read buffers are outside our reach.
+        var buffer = try await request.body.collect(upTo: configuration.maxBody)
         let bytes = buffer.readableBytesView.withUnsafeBytes { Array($0) }
         buffer.withUnsafeMutableReadableBytes { secureZero($0) }
         return try JSONBody(bytes: bytes, allowed: allowed)
