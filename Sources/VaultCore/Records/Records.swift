@@ -215,18 +215,31 @@ extension Vault {
         }
     }
 
-    /// Writes many records as one request: each succeeds or fails alone (in order).
+    /// Writes many records as one request: each succeeds or fails alone (in order). The
+    /// whole request is one operation of the writer (one hop, one batch), and each record
+    /// runs in its own nested transactions, so a failing record rolls back alone.
     public func writeBatch(_ records: [NewRecord], tenant: TenantID, actor: Actor) async -> [Result<RecordReceipt, VaultError>] {
-        await withTaskGroup(of: (Int, Result<RecordReceipt, VaultError>).self) { group in
-            for (i, record) in records.enumerated() {
-                group.addTask {
-                    do { return (i, .success(try await self.write(record, tenant: tenant, actor: actor))) }
-                    catch { return (i, .failure(VaultError.mapping(error))) }
+        guard !records.isEmpty else { return [] }
+        do {
+            return try await perform { ks, rec, context in
+                records.map { record in
+                    let mark = context.mark()
+                    do {
+                        return .success(try ks.withChild { ksChild in
+                            try rec.withChild { recChild in
+                                try self.writeRecord(record, tenant: tenant, actor: actor, keystore: ksChild,
+                                                     records: recChild, context: context)
+                            }
+                        })
+                    } catch {
+                        context.rollback(to: mark)
+                        return .failure(VaultError.mapping(error))
+                    }
                 }
             }
-            var out = [Result<RecordReceipt, VaultError>](repeating: .failure(.shuttingDown), count: records.count)
-            for await (i, r) in group { out[i] = r }
-            return out
+        } catch {
+            let failure = VaultError.mapping(error)
+            return records.map { _ in .failure(failure) }
         }
     }
 
