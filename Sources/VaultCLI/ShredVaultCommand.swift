@@ -14,7 +14,9 @@ public struct ShredVaultCommand: AsyncParsableCommand {
             `shredvault: <what went wrong>` on stderr and exit 1.
             """,
         groupedSubcommands: [
-            CommandGroup(name: "Running a vault", subcommands: [InitCommand.self, ServeCommand.self, HealthCommand.self]),
+            CommandGroup(name: "Running a vault", subcommands: [
+                InitCommand.self, ServeCommand.self, HealthCommand.self, BenchCommand.self,
+            ]),
             CommandGroup(name: "Records (agent or admin token)", subcommands: [PutCommand.self, GetCommand.self]),
             CommandGroup(name: "Client instructions (admin token)", subcommands: [
                 EraseCommand.self, ExportCommand.self, RetentionCommand.self, HoldCommand.self, ReportCommand.self,
