@@ -216,16 +216,56 @@ final class GroupCommitWriter: @unchecked Sendable {
         }
     }
 
+    /// Batches left to run with isolated operations after a fast attempt failed: under a
+    /// stream of failing operations the writer stops paying for attempts that fall back.
+    private var isolatedBatchesLeft = 0
+
     private func runBatch(_ ops: [any BatchOperation]) {
+        let started = DispatchTime.now().uptimeNanoseconds
+        var outcome: (context: OperationContext, outcomes: [(any Error)?])?
+        if isolatedBatchesLeft > 0 {
+            isolatedBatchesLeft -= 1
+        } else {
+            outcome = attemptBatch(ops, isolated: false)
+            if outcome == nil { isolatedBatchesLeft = 8 }
+        }
+        if outcome == nil { outcome = attemptBatch(ops, isolated: true) }
+        guard let (context, outcomes) = outcome else { return }
+        state.commit(context)
+        if let observer = state.configuration.commitObserver, !ops.isEmpty {
+            observer(ops.count, Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9)
+        }
+        batchesCommitted.add(1, ordering: .relaxed)
+        operationsCommitted.add(ops.count, ordering: .relaxed)
+        for (i, op) in ops.enumerated() { op.finish(outcomes[i]) }
+    }
+
+    /// Runs the batch in one keystore and one record-store write transaction.
+    ///
+    /// Not isolated (the fast path): every operation runs directly in the batch's
+    /// transactions, so an operation that throws may leave partial writes behind; the
+    /// whole attempt is then rolled back and nil is returned, and the caller runs the batch
+    /// again isolated. Isolated: each operation runs in child transactions (`mdb_txn_begin`
+    /// with a parent), so a failure — including LMDB's map-full, which poisons the
+    /// transaction it happens in — rolls back that operation alone; a failure of the
+    /// commits themselves fails every operation, and nil is returned.
+    private func attemptBatch(_ ops: [any BatchOperation], isolated: Bool) -> (OperationContext, [(any Error)?])? {
         let context = OperationContext(state: state)
         var outcomes = [(any Error)?](repeating: nil, count: ops.count)
         let deletes = state.pendingCiphertextDeletes
-        let started = DispatchTime.now().uptimeNanoseconds
         do {
             try stores.keystore.write { ks in
                 try stores.records.write { rec in
                     for key in deletes { try rec.delete(key: key, in: stores.rec) }
                     for (i, op) in ops.enumerated() {
+                        if !isolated {
+                            do {
+                                try op.execute(keystore: ks, records: rec, context: context)
+                            } catch let r as AuditedRefusal {
+                                outcomes[i] = r.error
+                            }
+                            continue
+                        }
                         let mark = context.mark()
                         do {
                             let refusal: VaultError? = try ks.withChild { ksChild in
@@ -250,17 +290,12 @@ final class GroupCommitWriter: @unchecked Sendable {
             }
         } catch {
             state.abandon(context)
+            if !isolated { return nil }
             let failure = VaultError.mapping(error)
             for op in ops { op.finish(failure) }
-            return
+            return nil
         }
-        state.commit(context)
-        if let observer = state.configuration.commitObserver, !ops.isEmpty {
-            observer(ops.count, Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9)
-        }
-        batchesCommitted.add(1, ordering: .relaxed)
-        operationsCommitted.add(ops.count, ordering: .relaxed)
-        for (i, op) in ops.enumerated() { op.finish(outcomes[i]) }
+        return (context, outcomes)
     }
 }
 
