@@ -2,6 +2,7 @@ public import Hummingbird
 public import UnixSignals
 public import Logging
 import NIOCore
+import NIOPosix
 import Sodium
 public import VaultCore
 #if canImport(Glibc)
@@ -15,6 +16,10 @@ public struct ServerConfiguration: Sendable {
     public var listen: (host: String, port: Int)?
     /// Largest request body accepted (413 above it).
     public var maxBody: Int = 1 << 20
+    /// Event-loop threads for the HTTP side. Default: one core fewer than the machine has
+    /// (at least one), leaving a core to the group-commit writer and the handlers: on 2 cores,
+    /// one event loop measured 2–19% more writes/s than two (h2load, 64 connections).
+    public var ioThreads: Int = max(1, System.coreCount - 1)
 
     public init(socketPath: String, listen: (host: String, port: Int)? = nil, maxBody: Int = 1 << 20) {
         self.socketPath = socketPath
@@ -105,6 +110,8 @@ public struct VaultServer: Sendable {
             umask(previous)
             unlink(socketPath)
         }
+        let eventLoops = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.ioThreads))
+        defer { eventLoops.shutdownGracefully { _ in } }
         var apps: [any ApplicationProtocol] = []
         let router = self.router()
         let unixApp = Application(
@@ -116,11 +123,13 @@ public struct VaultServer: Sendable {
                 chmod(socketPath, 0o660)
                 await onRunning()
             },
+            eventLoopGroupProvider: .shared(eventLoops),
             logger: logger)
         apps.append(unixApp)
         if let listen = configuration.listen {
             apps.append(Application(router: router,
                                     configuration: .init(address: .hostname(listen.host, port: listen.port), serverName: "shredvault"),
+                                    eventLoopGroupProvider: .shared(eventLoops),
                                     logger: logger))
         }
         if apps.count == 1 {
