@@ -1,4 +1,7 @@
 import LMDB
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What a rotation did.
 public struct RotationSummary: Sendable, Equatable {
@@ -108,7 +111,21 @@ struct Rotator {
 
         try Compaction(stores: stores, configuration: context.configuration).run()
         summary.keystoreBytesAfter = Compaction.fileSize(stores.keystore.path + "/data.mdb")
+        // The rotation's one write transaction held every dirtied page in malloc'd memory
+        // (hundreds of MiB at a million records); give it back to the system now.
+        Self.returnFreedMemory()
         return summary
+    }
+
+    /// glibc's `malloc_trim(0)`, looked up at run time (malloc.h does not import into Swift);
+    /// a no-op where it does not exist.
+    static func returnFreedMemory() {
+        #if canImport(Glibc)
+        typealias Trim = @convention(c) (Int) -> Int32
+        if let symbol = dlsym(nil, "malloc_trim") {
+            _ = unsafeBitCast(symbol, to: Trim.self)(0)
+        }
+        #endif
     }
 
     /// Re-wraps the live DEKs of bucket `e` from (key, v) to (newKey, v').
