@@ -188,17 +188,7 @@ public final class Environment: @unchecked Sendable {
         state.withLock { $0.writer = me }
         defer { state.withLock { $0.writer = nil } }
 
-        let transaction = Transaction(handle: txn!, environment: handle, isReadOnly: false)
-        let result: R
-        do {
-            result = try body(transaction)
-        } catch {
-            transaction.abort()
-            throw error
-        }
-        // mdb_txn_commit frees the transaction whether it succeeds or fails: no abort after it.
-        try transaction.commit()
-        return result
+        return try Transaction(handle: txn!, environment: handle, isReadOnly: false).complete(body)
     }
 
     /// Writes a consistent copy of the environment to `data.mdb` in the directory at `path`

@@ -176,15 +176,20 @@ public struct Transaction: ~Copyable {
     public func withChild<R>(_ body: (borrowing Transaction) throws -> R) throws -> R {
         var child: OpaquePointer?
         try check(mdb_txn_begin(environment, handle, 0, &child))
-        let transaction = Transaction(handle: child!, environment: environment, isReadOnly: false)
+        return try Transaction(handle: child!, environment: environment, isReadOnly: false).complete(body)
+    }
+
+    /// Runs `body`, then commits; aborts (and rethrows) when `body` throws. `mdb_txn_commit`
+    /// frees the transaction whether it succeeds or fails, so there is no abort after it.
+    internal consuming func complete<R>(_ body: (borrowing Transaction) throws -> R) throws -> R {
         let result: R
         do {
-            result = try body(transaction)
+            result = try body(self)
         } catch {
-            transaction.abort()
+            abort()
             throw error
         }
-        try transaction.commit()
+        try commit()
         return result
     }
 
