@@ -302,21 +302,12 @@ extension Vault {
         try await perform { ks, rec, context in
             let dbs = self.writer.stores.ks
             let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
-            var event = AuditLog.Event(tenant: t.auditTenant, actor: actor, action: "record.correct", target: "record:\(id)")
+            let event = AuditLog.Event(tenant: t.auditTenant, actor: actor, action: "record.correct", target: "record:\(id)")
+            let old = try t.changeable(id, event: event, in: ks, dbs: dbs, context: context)
             let root = try t.rootKey(context)
-            guard let old = try t.live(id, now: context.now, in: ks, dbs: dbs),
-                  let opened = try t.open(id, old, root: root, keystore: ks, records: rec, dbs: dbs,
+            guard let opened = try t.open(id, old, root: root, keystore: ks, records: rec, dbs: dbs,
                                           ciphertexts: self.writer.stores.rec)
-            else {
-                event.outcome = "not_found"
-                try AuditLog.append(event, in: ks, dbs: dbs, context: context)
-                throw AuditedRefusal(error: .notFound)
-            }
-            if try t.isHeld(id, tag: old.tag, expiresAt: old.expiresAt, in: ks, dbs: dbs) {
-                event.outcome = "refused:legal_hold"
-                try AuditLog.append(event, in: ks, dbs: dbs, context: context)
-                throw AuditedRefusal(error: .legalHold("record \(id) is under a legal hold"))
-            }
+            else { throw VaultError.integrity("record \(id): its bucket key is gone while the record is live") }
             var m = old
             m.version = old.version + 1
             try t.store(id, meta: &m, subject: opened.subject, data: data, root: root, keystore: ks, records: rec,
@@ -333,17 +324,8 @@ extension Vault {
         try await perform { ks, _, context in
             let dbs = self.writer.stores.ks
             let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
-            var event = AuditLog.Event(tenant: t.auditTenant, actor: actor, action: "record.delete", target: "record:\(id)")
-            guard let m = try t.live(id, now: context.now, in: ks, dbs: dbs) else {
-                event.outcome = "not_found"
-                try AuditLog.append(event, in: ks, dbs: dbs, context: context)
-                throw AuditedRefusal(error: .notFound)
-            }
-            if try t.isHeld(id, tag: m.tag, expiresAt: m.expiresAt, in: ks, dbs: dbs) {
-                event.outcome = "refused:legal_hold"
-                try AuditLog.append(event, in: ks, dbs: dbs, context: context)
-                throw AuditedRefusal(error: .legalHold("record \(id) is under a legal hold"))
-            }
+            let event = AuditLog.Event(tenant: t.auditTenant, actor: actor, action: "record.delete", target: "record:\(id)")
+            let m = try t.changeable(id, event: event, in: ks, dbs: dbs, context: context)
             try t.destroy(id, m, in: ks, dbs: dbs, context: context)
             try AuditLog.append(event, in: ks, dbs: dbs, context: context)
         }
@@ -372,6 +354,25 @@ extension Vault {
 }
 
 extension ResolvedTenant {
+    /// The metadata of a record about to be changed (corrected, deleted). An unknown or
+    /// expired record, or one a legal hold covers, is refused, and the refusal is audited
+    /// under `event`.
+    func changeable(_ id: RecordID, event: AuditLog.Event, in ks: borrowing Transaction, dbs: KeystoreDatabases,
+                    context: OperationContext) throws -> RecordMeta {
+        var refusal = event
+        guard let m = try live(id, now: context.now, in: ks, dbs: dbs) else {
+            refusal.outcome = "not_found"
+            try AuditLog.append(refusal, in: ks, dbs: dbs, context: context)
+            throw AuditedRefusal(error: .notFound)
+        }
+        if try isHeld(id, tag: m.tag, expiresAt: m.expiresAt, in: ks, dbs: dbs) {
+            refusal.outcome = "refused:legal_hold"
+            try AuditLog.append(refusal, in: ks, dbs: dbs, context: context)
+            throw AuditedRefusal(error: .legalHold("record \(id) is under a legal hold"))
+        }
+        return m
+    }
+
     func recordIDs(tag: [UInt8], in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> [RecordID] {
         var ids: [RecordID] = []
         let prefix = Layout.subjectPrefix(number, tag)
