@@ -27,6 +27,7 @@ public struct Problem: HTTPResponseError, Sendable {
         case 405: "/problems/method-not-allowed"
         case 409: "/problems/conflict"
         case 413: "/problems/too-large"
+        case 429: "/problems/too-many-requests"
         case 422: "/problems/refused"
         case 503: "/problems/unavailable"
         default: "/problems/internal"

@@ -21,7 +21,7 @@ extension VaultServer {
                          retentionSeconds: try duration(try body.string("retention"), field: "retention"))
     }
 
-    func recordID(_ context: BasicRequestContext) throws -> RecordID {
+    func recordID(_ context: VaultRequestContext) throws -> RecordID {
         // A malformed id answers exactly like an unknown one.
         guard let text = context.parameters.get("id"), let id = RecordID(text) else { throw Problem.recordNotFound }
         return id

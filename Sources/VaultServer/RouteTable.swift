@@ -3,11 +3,11 @@ import Hummingbird
 /// Registers routes on the Hummingbird router and remembers them, so a test can compare
 /// the served routes with `openapi.yaml` in both directions.
 final class RouteTable {
-    typealias Handler = @Sendable (Request, BasicRequestContext) async throws -> Response
-    let router: Router<BasicRequestContext>
+    typealias Handler = @Sendable (Request, VaultRequestContext) async throws -> Response
+    let router: Router<VaultRequestContext>
     private(set) var routes: [(method: String, path: String)] = []
 
-    init(_ router: Router<BasicRequestContext>) { self.router = router }
+    init(_ router: Router<VaultRequestContext>) { self.router = router }
 
     private func record(_ method: String, _ path: String) {
         // OpenAPI writes path parameters as {id}; Hummingbird as :id.

@@ -25,9 +25,11 @@ final class ServerHarness: @unchecked Sendable {
     }
 
     static func start(maxBody: Int = 1 << 20, bucketWidthSeconds: Int64 = 86_400, recordsMapSize: Int = 1 << 30,
-                      manualClock: Bool = false) async throws -> ServerHarness {
+                      manualClock: Bool = false,
+                      configure: (inout ServerConfiguration) -> Void = { _ in },
+                      logger customLogger: Logger? = nil, in existing: String? = nil) async throws -> ServerHarness {
         // sun_path is 108 bytes: keep the socket directory short.
-        let directory = "/tmp/sv-" + UUID().uuidString.prefix(8).lowercased()
+        let directory = existing ?? "/tmp/sv-" + UUID().uuidString.prefix(8).lowercased()
         try FileManager.default.createDirectory(atPath: directory + "/keys", withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o700])
         let clock = ManualClockBox(manual: manualClock)
@@ -40,9 +42,11 @@ final class ServerHarness: @unchecked Sendable {
         let token = issued.secret.withUnsafeBytes { Array($0) }
         let harness = ServerHarness(directory: directory, socket: directory + "/data/shredvault.sock", vault: vault,
                                     operatorToken: token, clock: clock)
-        let server = VaultServer(vault: vault, configuration: .init(socketPath: harness.socket, maxBody: maxBody))
-        var logger = Logger(label: "shredvault-test")
-        logger.logLevel = .warning
+        var serverConfiguration = ServerConfiguration(socketPath: harness.socket, maxBody: maxBody)
+        configure(&serverConfiguration)
+        let server = VaultServer(vault: vault, configuration: serverConfiguration)
+        var logger = customLogger ?? Logger(label: "shredvault-test")
+        if customLogger == nil { logger.logLevel = .warning }
         let (running, continuation) = AsyncStream<Void>.makeStream()
         harness.task = Task {
             try await server.run(logger: logger, gracefulShutdownSignals: []) { continuation.yield() }

@@ -43,12 +43,26 @@ struct ServeCommand: AsyncParsableCommand {
                                valueName: "bytes"))
     var mapSize: String?
 
+    @Option(name: .customLong("max-connections"),
+            help: ArgumentHelp("Most connections open at once; past it new clients wait in the listen backlog "
+                               + "(default 1024, lowered to fit the file-descriptor limit).",
+                               valueName: "n"))
+    var maxConnections: Int?
+
+    @Option(name: .customLong("request-timeout"),
+            help: ArgumentHelp("Time a connection has to send a whole request, from its opening or the previous "
+                               + "response, as an ISO 8601 duration (default PT30S); slower clients are disconnected.",
+                               valueName: "duration"))
+    var requestTimeout: String?
+
     /// The options, checked and converted.
     struct Settings {
         var socketPath: String
         var listen: (host: String, port: Int)?
         var vault: VaultConfiguration
         var maxBody: Int
+        var maxConnections = 1024
+        var requestTimeoutSeconds: Int64 = 30
     }
 
     func validate() throws {
@@ -77,7 +91,17 @@ struct ServeCommand: AsyncParsableCommand {
         guard socketPath.utf8.count < 108 else {
             throw ValidationError("the socket path \(socketPath) is longer than 107 bytes (sun_path); pass a shorter --socket")
         }
-        return Settings(socketPath: socketPath, listen: try listen.map(loopback), vault: vault, maxBody: body)
+        var settings = Settings(socketPath: socketPath, listen: try listen.map(loopback), vault: vault, maxBody: body)
+        if let maxConnections {
+            guard maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") }
+            settings.maxConnections = maxConnections
+        }
+        if let requestTimeout {
+            try checkDuration(requestTimeout, option: "--request-timeout")
+            settings.requestTimeoutSeconds = try ISODuration.seconds(requestTimeout, field: "--request-timeout")
+            guard settings.requestTimeoutSeconds >= 1 else { throw ValidationError("--request-timeout must be at least PT1S") }
+        }
+        return settings
     }
 
     /// `127.0.0.1:8080`, `localhost:8080` or `[::1]:8080`. Tokens cross this listener in clear,
@@ -126,8 +150,11 @@ struct ServeCommand: AsyncParsableCommand {
         }
         logger.info("vault opened", metadata: ["data_dir": "\(location.dataDirectory)"])
 
-        let server = VaultServer(vault: vault, configuration: ServerConfiguration(
-            socketPath: settings.socketPath, listen: settings.listen, maxBody: settings.maxBody))
+        var serverConfiguration = ServerConfiguration(socketPath: settings.socketPath, listen: settings.listen,
+                                                      maxBody: settings.maxBody)
+        serverConfiguration.maxConnections = settings.maxConnections
+        serverConfiguration.requestTimeout = .seconds(settings.requestTimeoutSeconds)
+        let server = VaultServer(vault: vault, configuration: serverConfiguration)
         let socketPath = settings.socketPath
         let listen = settings.listen
         do {

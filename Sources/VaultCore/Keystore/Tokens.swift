@@ -66,9 +66,20 @@ public struct IssuedToken: Sendable {
 /// and the table of live token hashes, loaded at open and updated after each commit that
 /// issues or revokes a token. Authentication never waits for the writer.
 final class TokenTable: Sendable {
+    /// Live tokens by the first 8 bytes of their keyed hash (the selector); the whole
+    /// 32-byte hash is then compared in constant time (sodium_memcmp), so the lookup's
+    /// timing depends only on a selector the caller cannot compute without the hash key.
     private struct State {
         var key: Key?
-        var byHash: [[UInt8]: TokenInfo] = [:]
+        var bySelector: [UInt64: [(hash: [UInt8], info: TokenInfo)]] = [:]
+
+        mutating func add(_ hash: [UInt8], _ info: TokenInfo) {
+            bySelector[TokenTable.selector(hash), default: []].append((hash, info))
+        }
+    }
+
+    static func selector(_ hash: [UInt8]) -> UInt64 {
+        hash.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
     }
     private let state = Mutex(State())
 
@@ -77,7 +88,8 @@ final class TokenTable: Sendable {
     func load(key: Key, tokens: [[UInt8]: TokenInfo]) {
         state.withLock { s in
             s.key = key
-            s.byHash = tokens.filter { $0.value.revokedAt == nil }
+            s.bySelector = [:]
+            for (hash, info) in tokens where info.revokedAt == nil { s.add(hash, info) }
         }
     }
 
@@ -88,17 +100,22 @@ final class TokenTable: Sendable {
         }
     }
 
-    func add(hash: [UInt8], info: TokenInfo) { state.withLock { $0.byHash[hash] = info } }
-    func remove(id: String) { state.withLock { s in s.byHash = s.byHash.filter { $0.value.id != id } } }
+    func add(hash: [UInt8], info: TokenInfo) { state.withLock { $0.add(hash, info) } }
+    func remove(id: String) {
+        state.withLock { s in
+            s.bySelector = s.bySelector.compactMapValues { entries in
+                let kept = entries.filter { $0.info.id != id }
+                return kept.isEmpty ? nil : kept
+            }
+        }
+    }
 
     /// The token's owner, or nil for a malformed, unknown or revoked token.
     func authenticate(_ token: UnsafeRawBufferPointer) -> TokenInfo? {
         guard token.count == 47, Array(token[0..<4]) == Self.prefix else { return nil }
         return state.withLock { s -> TokenInfo? in
-            // Only keyed hashes are compared (by the dictionary): timing can reveal nothing
-            // about a stored token that the attacker could not compute without the key.
             guard let key = s.key, let h = try? KeyedHash.hash(token, key: key.bytes, outputCount: 32) else { return nil }
-            return s.byHash[h]
+            return s.bySelector[Self.selector(h)]?.first { constantTimeEquals($0.hash, h) }?.info
         }
     }
 }
