@@ -1,3 +1,4 @@
+import Logging
 import Hummingbird
 import Sodium
 import VaultAPI
@@ -66,9 +67,9 @@ extension VaultServer {
             return Response(status: .noContent)
         }
 
-        router.post("/v1/admin/rotate") { request, _ -> Response in
+        router.post("/v1/admin/rotate") { request, context -> Response in
             let p = try self.operatorPrincipal(request)
-            let s = try await self.vault.rotate(actor: p.actor)
+            let s = try await maintenance("rotation", context.logger) { try await self.vault.rotate(actor: p.actor) }
             return jsonResponse { w in
                 w.beginObject()
                 w.field("buckets_rekeyed", Int64(s.bucketsRekeyed))
@@ -82,9 +83,9 @@ extension VaultServer {
             }
         }
 
-        router.post("/v1/admin/sweep") { request, _ -> Response in
+        router.post("/v1/admin/sweep") { request, context -> Response in
             let p = try self.operatorPrincipal(request)
-            let s = try await self.vault.sweep(actor: p.actor)
+            let s = try await maintenance("sweep", context.logger) { try await self.vault.sweep(actor: p.actor) }
             return jsonResponse { w in
                 w.beginObject()
                 w.field("buckets_destroyed", Int64(s.bucketsDestroyed))
@@ -99,9 +100,9 @@ extension VaultServer {
             }
         }
 
-        router.post("/v1/admin/compact") { request, _ -> Response in
+        router.post("/v1/admin/compact") { request, context -> Response in
             _ = try self.operatorPrincipal(request)
-            let (before, after) = try await self.vault.compact()
+            let (before, after) = try await maintenance("compaction", context.logger) { try await self.vault.compact() }
             return jsonResponse { w in
                 w.beginObject()
                 w.field("keystore_bytes_before", Int64(before))
@@ -159,5 +160,23 @@ extension VaultServer {
         w.time("created_at", t.createdAt)
         w.field("status", t.offboarded ? "offboarded" : "active")
         w.endObject()
+    }
+}
+
+/// Runs a maintenance operation for the operator: a failure of the environment (a read-only
+/// or full data directory, an unwritable key directory) is told as it is, since only an
+/// operator token gets here and the message names paths and causes, never key material.
+/// The operations are crash-safe, so a failed one leaves the vault consistent.
+func maintenance<T: Sendable>(_ name: String, _ logger: Logger, _ operation: () async throws -> T) async throws -> T {
+    do {
+        return try await operation()
+    } catch let e as VaultError {
+        switch e {
+        case .io(let m), .masterKey(let m), .dataDirectory(let m):
+            logger.error("maintenance failed", metadata: ["operation": "\(name)", "error": "\(m)"])
+            throw Problem(.serviceUnavailable, "\(name) failed: \(m); the vault is consistent, run it again once this is fixed")
+        default:
+            throw e
+        }
     }
 }

@@ -359,3 +359,83 @@ struct TmpfsMount {
         rmdir(path)
     }
 }
+
+/// The data and key directories made read-only under a running daemon. Root ignores file
+/// modes, so the real binary runs as `nobody` (setpriv), as a deployment's service user would.
+@Suite(.enabled(if: geteuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"),
+                "needs root and setpriv to run the daemon as another user"))
+struct ReadOnlyDirectoryTests {
+    @Test func readOnlyDirectoriesUnderLoadLoseNothingAndMaintenanceSaysWhy() async throws {
+        let dir = "/tmp/sv-" + UUID().uuidString.prefix(8).lowercased()
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (status, output) = try ShutdownTests.run(["init", "--data-dir", dir + "/data", "--key-file", dir + "/keys/master.key"], dir: dir)
+        try #require(status == 0)
+        let opToken = try #require((try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: String])?["operator_token"])
+        for path in [dir, dir + "/data", dir + "/data/keystore", dir + "/data/records", dir + "/keys"] + (try files(under: dir)) {
+            #expect(chown(path, 65534, 65534) == 0)
+        }
+        let log = dir + "/serve.log"
+        let daemon = Process()
+        daemon.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        daemon.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", ShutdownTests.binary,
+                            "serve", "--data-dir", dir + "/data", "--key-file", dir + "/keys/master.key"]
+        FileManager.default.createFile(atPath: log, contents: nil)
+        daemon.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        daemon.standardOutput = FileHandle.nullDevice
+        try daemon.run()
+        defer { if daemon.isRunning { kill(daemon.processIdentifier, SIGKILL) } }
+        let socket = dir + "/data/shredvault.sock"
+        try ShutdownTests.waitForSocket(socket, daemon)
+        let op = VaultHTTPClient(endpoint: .unixSocket(path: socket), token: Array(opToken.utf8))
+        #expect(try await op.send("POST", "/v1/admin/tenants", body: json(["id": "acme"])).status == 201)
+        let issued = try await op.send("POST", "/v1/admin/tokens", body: json(["tenant": "acme", "role": "agent", "name": "load"]))
+        let agent = VaultHTTPClient(endpoint: .unixSocket(path: socket), token: Array((try issued.object()["token"] as! String).utf8))
+
+        // Four writers run through the whole test; the directories turn read-only in the middle.
+        let stop = StopFlag()
+        let writers = (0..<4).map { _ in
+            Task { () -> (ids: [String], failures: [Int]) in
+                var ids: [String] = [], failures: [Int] = []
+                while !stop.isSet {
+                    let r = try await agent.send("POST", "/v1/records", body: json(faultRecord))
+                    if r.status == 201 { ids.append(try r.object()["id"] as! String) } else { failures.append(r.status) }
+                }
+                return (ids, failures)
+            }
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(chmod(dir + "/data", 0o500) == 0 && chmod(dir + "/keys", 0o500) == 0)
+        try await Task.sleep(for: .milliseconds(300))
+        // Maintenance that must create files fails, says why, and changes nothing.
+        let compact = try await op.send("POST", "/v1/admin/compact")
+        #expect(compact.status == 503 && compact.text.contains("Permission denied"), "\(compact.status) \(compact.text)")
+        let rotate = try await op.send("POST", "/v1/admin/rotate")
+        #expect(rotate.status == 503 && rotate.text.contains("master.key.next"), "\(rotate.status) \(rotate.text)")
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(chmod(dir + "/data", 0o700) == 0 && chmod(dir + "/keys", 0o700) == 0)
+        #expect(try await op.send("POST", "/v1/admin/rotate").status == 200)
+        #expect(try await op.send("POST", "/v1/admin/compact").status == 200)
+        stop.set()
+        var written: [String] = []
+        for w in writers {
+            let (ids, failures) = try await w.value
+            written += ids
+            // Writes go to files already open: the directory's mode does not stop them.
+            #expect(failures.isEmpty, "write failures: \(failures.prefix(5))")
+        }
+        #expect(written.count > 10)
+        for id in written { #expect(try await agent.send("GET", "/v1/records/\(id)").status == 200) }
+        let verify = try await op.send("GET", "/v1/admin/audit/verify")
+        #expect(try verify.object()["intact"] as? Bool == true)
+        #expect(daemon.isRunning)
+        kill(daemon.processIdentifier, SIGTERM)
+        #expect(ShutdownTests.waitForExit(daemon, seconds: 20) && daemon.terminationStatus == 0)
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        #expect(text.contains("maintenance failed"), "the log says why")
+    }
+
+    private func files(under dir: String) throws -> [String] {
+        (FileManager.default.enumerator(atPath: dir)?.allObjects as? [String] ?? []).map { dir + "/" + $0 }
+    }
+}
