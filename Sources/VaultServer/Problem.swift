@@ -2,6 +2,8 @@ public import Hummingbird
 import NIOCore
 import VaultAPI
 import VaultCore
+import Synchronization
+import Logging
 
 /// An error answer: `application/problem+json` with `type`, `title`, `status`, `detail`
 /// (API.md, Conventions). `detail` never echoes payloads, subjects or tokens: it is built
@@ -89,6 +91,7 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             throw Problem.unauthorized()
         } catch let e as VaultError {
             let p = Problem.from(e)
+            if case .storageFull = e { StorageFullLog.shared.refused(context.logger) }
             if p.status == .internalServerError {
                 context.logger.error("request failed", metadata: ["route": "\(context.endpointPath ?? "-")", "error": "\(e)"])
             }
@@ -103,6 +106,27 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
         } catch {
             context.logger.error("request failed", metadata: ["route": "\(context.endpointPath ?? "-")", "error": "\(type(of: error))"])
             throw Problem(.internalServerError, "internal error")
+        }
+    }
+}
+
+/// "Storage is full" in the log: the first refusal at once, then at most one line every ten
+/// seconds with the number refused since (a full disk under load must not fill the log too).
+final class StorageFullLog: Sendable {
+    static let shared = StorageFullLog()
+    private let state = Mutex<(last: ContinuousClock.Instant?, refused: Int)>((nil, 0))
+
+    func refused(_ logger: Logger) {
+        let now = ContinuousClock.now
+        let report: Int? = state.withLock { s in
+            s.refused += 1
+            if let last = s.last, now - last < .seconds(10) { return nil }
+            defer { s = (now, 0) }
+            return s.refused
+        }
+        if let report {
+            logger.warning("storage is full: writes are refused with 503 until space is freed (LMDB map size or disk)",
+                           metadata: ["refused": "\(report)"])
         }
     }
 }

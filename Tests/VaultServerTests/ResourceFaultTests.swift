@@ -439,3 +439,33 @@ struct ReadOnlyDirectoryTests {
         (FileManager.default.enumerator(atPath: dir)?.allObjects as? [String] ?? []).map { dir + "/" + $0 }
     }
 }
+
+@Suite struct MapFullTests {
+    @Test func aFullMapRefusesWritesKeepsReadsAndRecoversWhenRecordsAreDeleted() async throws {
+        let log = LogCapture()
+        let h = try await ServerHarness.start(recordsMapSize: 2 << 20, logger: log.logger)
+        defer { Task { await h.stop() } }
+        let t = try await h.tenant("acme")
+        var record = faultRecord
+        record["data"] = ["blob": String(repeating: "z", count: 60_000)]
+        var ids: [String] = []
+        var refusal: HTTPResponse?
+        for _ in 0..<100 {
+            let r = try await t.agent.send("POST", "/v1/records", body: json(record))
+            if r.status == 201 { ids.append(try r.object()["id"] as! String) } else { refusal = r; break }
+        }
+        let full = try #require(refusal)
+        #expect(full.status == 503 && full.isProblem)
+        #expect(log.contains("storage is full"))
+        // Nothing half-written: every acknowledged record reads back whole, the chain is intact.
+        for id in ids { #expect(try await t.agent.send("GET", "/v1/records/\(id)").status == 200) }
+        // Space freed (records deleted, their ciphertexts swept): writes succeed again.
+        for id in ids.prefix(ids.count / 2) { #expect(try await t.admin.send("DELETE", "/v1/records/\(id)").status == 204) }
+        #expect(try await h.operatorClient.send("POST", "/v1/admin/sweep").status == 200)
+        let again = try await t.agent.send("POST", "/v1/records", body: json(record))
+        #expect(again.status == 201, "\(again.status) \(again.text)")
+        for id in ids.dropFirst(ids.count / 2) { #expect(try await t.agent.send("GET", "/v1/records/\(id)").status == 200) }
+        let verify = try await h.operatorClient.send("GET", "/v1/admin/audit/verify")
+        #expect(try verify.object()["intact"] as? Bool == true)
+    }
+}
