@@ -27,11 +27,7 @@ private struct BenchTestError: Error, CustomStringConvertible {
 
 /// A vault in a fresh short /tmp directory, its operator token in a 0600 file, and its daemon.
 private final class BenchVault {
-    static let binary: String = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }  // BenchCommandTests.swift, VaultServerTests, Tests
-        return url.appendingPathComponent(".build/debug/shredvault").path
-    }()
+    static let binary: String = shredvaultTestBinary
 
     let directory: String
     var socket: String { directory + "/s.sock" }

@@ -24,12 +24,8 @@ private struct CLIResult {
 }
 
 private enum CLIHarness {
-    /// `.build/debug/shredvault`, relative to the package root this file lives in.
-    static let binary: String = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }  // CLITests.swift, VaultServerTests, Tests
-        return url.appendingPathComponent(".build/debug/shredvault").path
-    }()
+    /// The `shredvault` binary under test (see `shredvaultTestBinary`).
+    static let binary: String = shredvaultTestBinary
 
     /// A fresh directory under /tmp with a short name (socket paths must stay under 108 bytes), mode 0700.
     static func shortTemporaryDirectory() throws -> String {

@@ -169,3 +169,13 @@ final class DaemonInProcess: @unchecked Sendable {
         vault.close()
     }
 }
+
+/// The `shredvault` binary the tests run: `$SHREDVAULT_TEST_BIN` when set (scripts/sanitize
+/// points it at the sanitized build), else `.build/debug/shredvault` of this package, as
+/// `swift build --build-tests` leaves it.
+let shredvaultTestBinary: String = {
+    if let bin = ProcessInfo.processInfo.environment["SHREDVAULT_TEST_BIN"], !bin.isEmpty { return bin }
+    var url = URL(fileURLWithPath: #filePath)
+    for _ in 0..<3 { url.deleteLastPathComponent() }  // Harness.swift, VaultServerTests, Tests
+    return url.appendingPathComponent(".build/debug/shredvault").path
+}()

@@ -9,11 +9,7 @@ import Glibc
 /// it took, commits, removes its socket and exits 0; every write it acknowledged is there
 /// after a restart.
 @Suite struct ShutdownTests {
-    static let binary: String = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }
-        return url.appendingPathComponent(".build/debug/shredvault").path
-    }()
+    static let binary: String = shredvaultTestBinary
 
     static func run(_ args: [String], dir: String) throws -> (Int32, String) {
         let p = Process()
