@@ -80,7 +80,7 @@ let package = Package(
         .testTarget(name: "VaultAPITests", dependencies: ["VaultAPI", "VaultCore", "Sodium"], swiftSettings: swiftSettings),
         .testTarget(
             name: "VaultServerTests",
-            dependencies: ["VaultServer", "VaultClient", "VaultAPI", "VaultCore", "VaultCLI", "Sodium"],
+            dependencies: ["VaultServer", "VaultClient", "VaultAPI", "VaultCore", "VaultCLI", "Sodium", "LMDB"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -34,6 +34,10 @@ extension Vault {
                 guard let m = try t.meta(id, in: ks, dbs: dbs) else {
                     throw VaultError.corrupt("subject index names record \(id), which has no metadata")
                 }
+                // The index is not authenticated: never erase another subject's record.
+                guard m.tag == tag else {
+                    throw VaultError.integrity("record \(id): the subject index lists it under another subject")
+                }
                 held = try t.isHeld(id, tag: tag, expiresAt: m.expiresAt, in: ks, dbs: dbs)
                 metas.append((id, m))
             }

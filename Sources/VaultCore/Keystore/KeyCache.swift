@@ -61,7 +61,7 @@ final class KeyCache {
     func withUnwrapped<R>(_ blob: [UInt8], under kek: borrowing SecretBytes, ad: [UInt8], what: @autoclosure () -> String,
                           _ body: (borrowing SecretBytes) throws -> R) throws -> R {
         guard blob.count == 1 + AEAD.sealedCount(plaintextCount: AEAD.keyCount), blob.first == KeyHierarchy.sealedFormat else {
-            throw VaultError.corrupt("\(what()): not a wrapped key")
+            throw VaultError.integrity("\(what()): not a wrapped key")
         }
         do {
             try scratch.withUnsafeMutableBytes { out in

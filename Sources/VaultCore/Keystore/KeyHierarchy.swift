@@ -75,7 +75,7 @@ enum KeyHierarchy {
 
     /// Opens a wrapped key into guarded memory; any failure is an integrity error naming `what`.
     static func unwrap(_ blob: [UInt8], under key: borrowing SecretBytes, ad: [UInt8], what: @autoclosure () -> String) throws -> Key {
-        guard blob.first == sealedFormat else { throw VaultError.corrupt("\(what()): unknown sealed format") }
+        guard blob.first == sealedFormat else { throw VaultError.integrity("\(what()): not a wrapped key") }
         do {
             let key: Key = try blob.withUnsafeBytes { b in
                 try ad.withUnsafeBytes { a in

@@ -94,7 +94,11 @@ enum SealedRecord {
 /// Record operations inside a transaction, shared by every lifecycle.
 extension ResolvedTenant {
     func meta(_ id: RecordID, in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> RecordMeta? {
-        try txn.withValue(forKey: Layout.recordKey(number, id), in: dbs.records) { b in try b.map(RecordMeta.decode) }
+        do {
+            return try txn.withValue(forKey: Layout.recordKey(number, id), in: dbs.records) { b in try b.map(RecordMeta.decode) }
+        } catch VaultError.corrupt(let reason) {
+            throw VaultError.corrupt("record \(id): \(reason)")
+        }
     }
 
     /// Whether a legal hold keeps this record: a hold on the record or on its subject that
@@ -283,14 +287,16 @@ extension Vault {
             let dbs = self.writer.stores.ks
             let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             var event = AuditLog.Event(tenant: t.auditTenant, actor: actor, action: "record.read", target: "record:\(id)")
-            guard let m = try t.live(id, now: context.now, in: ks, dbs: dbs),
-                  let opened = try t.open(id, m, root: try t.rootKey(context), keystore: ks, records: rec, dbs: dbs,
-                                          ciphertexts: self.writer.stores.rec)
-            else {
+            guard let m = try t.live(id, now: context.now, in: ks, dbs: dbs) else {
                 event.outcome = "not_found"
                 try AuditLog.append(event, in: ks, dbs: dbs, context: context)
                 throw AuditedRefusal(error: .notFound)
             }
+            // Only the sweep destroys a bucket key, once every record under it has expired:
+            // a live record without one is damage, not an expiry (TamperTests).
+            guard let opened = try t.open(id, m, root: try t.rootKey(context), keystore: ks, records: rec, dbs: dbs,
+                                          ciphertexts: self.writer.stores.rec)
+            else { throw VaultError.integrity("record \(id): its bucket key is gone while the record is live") }
             try AuditLog.append(event, in: ks, dbs: dbs, context: context)
             return opened
         }
@@ -340,8 +346,13 @@ extension Vault {
             let tag = try t.tag(of: subject, root: root)
             var out: [OpenedRecord] = []
             for id in try t.recordIDs(tag: tag, in: ks, dbs: dbs) {
-                guard let m = try t.live(id, now: context.now, in: ks, dbs: dbs),
-                      let r = try t.open(id, m, root: root, keystore: ks, records: rec, dbs: dbs,
+                guard let m = try t.live(id, now: context.now, in: ks, dbs: dbs) else { continue }
+                // The index is not authenticated; the tag in the metadata is (it is bound into
+                // the ciphertext's AD): never list another subject's record under this one.
+                guard m.tag == tag else {
+                    throw VaultError.integrity("record \(id): the subject index lists it under another subject")
+                }
+                guard let r = try t.open(id, m, root: root, keystore: ks, records: rec, dbs: dbs,
                                          ciphertexts: self.writer.stores.rec) else { continue }
                 out.append(r)
             }
