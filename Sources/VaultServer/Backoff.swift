@@ -2,6 +2,23 @@ import Hummingbird
 import Logging
 import Synchronization
 
+/// The back-off's knobs (`ServerConfiguration.authBackoff`; nil turns it off).
+public struct AuthBackoffPolicy: Sendable {
+    /// Failures within `window` answered at once.
+    public var freeFailures = 5
+    /// A peer without a failure for this long is forgiven.
+    public var window: Duration = .seconds(60)
+    /// The spacing of the first delayed answer, doubling up to `maxDelay`.
+    public var baseDelay: Duration = .milliseconds(100)
+    public var maxDelay: Duration = .seconds(5)
+    /// Past this much queued delay, a peer's requests with a token get 429 unchecked.
+    public var maxQueue: Duration = .seconds(30)
+    /// Peers remembered at most (the oldest half is dropped past it).
+    public var maxPeers = 10_000
+
+    public init() {}
+}
+
 /// Slows down a peer that keeps presenting bad tokens (per-peer back-off).
 ///
 /// Tokens are 256-bit random values, so guessing is hopeless; the back-off is there so a
@@ -18,14 +35,7 @@ import Synchronization
 /// forgiven after `window` without a failure; a valid token does not reset the count (an
 /// attacker holding one token must not wash away failures with it).
 final class AuthBackoff: Sendable {
-    struct Policy: Sendable {
-        var freeFailures = 5
-        var window: Duration = .seconds(60)
-        var baseDelay: Duration = .milliseconds(100)
-        var maxDelay: Duration = .seconds(5)
-        var maxQueue: Duration = .seconds(30)
-        var maxPeers = 10_000
-    }
+    typealias Policy = AuthBackoffPolicy
 
     private struct PeerState {
         var failures = 0
@@ -108,7 +118,9 @@ final class AuthBackoff: Sendable {
 }
 
 /// Applies `AuthBackoff` around every route: refuses a saturated peer before its token is
-/// checked, delays and counts each 401, and logs it (peer, method, route; never the token).
+/// checked, delays and counts each 401 for a token that was presented, and logs it (peer,
+/// method, route; never the token). A request without any token costs nothing to answer
+/// and guesses nothing: its 401 is neither counted nor delayed.
 struct AuthBackoffMiddleware: RouterMiddleware {
     typealias Context = VaultRequestContext
     let backoff: AuthBackoff
@@ -124,14 +136,14 @@ struct AuthBackoffMiddleware: RouterMiddleware {
         }
         do {
             return try await next(request, context)
-        } catch let p as Problem where p.status == .unauthorized {
+        } catch let p as Problem where p.status == .unauthorized && hasToken {
             let (peer, process) = await context.peer()
             let (failures, wait) = backoff.failure(of: peer)
             // Powers of two: the log shows a flood without being flooded.
             if failures & (failures - 1) == 0 {
-                logger.warning("rejected a request without a valid token", metadata: [
+                logger.warning("rejected a request with an invalid token", metadata: [
                     "peer": "\(process)", "method": "\(request.method)", "route": "\(context.endpointPath ?? "-")",
-                    "token": hasToken ? "rejected" : "missing", "failures": "\(failures)",
+                    "failures": "\(failures)",
                     "backoff": failures > backoff.policy.freeFailures ? "\(backoff.delay(afterFailures: failures))" : "none",
                 ])
             }

@@ -28,6 +28,9 @@ public struct ServerConfiguration: Sendable {
     /// Time a connection has to deliver a whole request, from its opening or from the end of
     /// the previous response (slow-loris and idle connections are closed after it).
     public var requestTimeout: Duration = .seconds(30)
+    /// Per-peer back-off for repeated bad tokens; nil turns it off (tests that probe many
+    /// bad tokens on purpose).
+    public var authBackoff: AuthBackoffPolicy? = AuthBackoffPolicy()
     /// How often the daemon checks that its socket file is still there (re-created if removed).
     public var socketCheckInterval: Duration = .seconds(1)
 
@@ -42,20 +45,20 @@ public struct ServerConfiguration: Sendable {
 public struct VaultServer: Sendable {
     public let vault: Vault
     public let configuration: ServerConfiguration
-    let authBackoff: AuthBackoff
+    let authBackoff: AuthBackoff?
 
     public init(vault: Vault, configuration: ServerConfiguration) {
         ServerMetrics.bootstrap()
         self.vault = vault
         self.configuration = configuration
-        self.authBackoff = AuthBackoff()
+        self.authBackoff = configuration.authBackoff.map { AuthBackoff(policy: $0) }
     }
 
     /// The router with every route and the middleware; what tests and the daemon share.
     public func router(logger: Logger = Logger(label: "shredvault")) -> Router<VaultRequestContext> {
         let router = Router(context: VaultRequestContext.self)
         router.add(middleware: MetricsMiddleware())
-        router.add(middleware: AuthBackoffMiddleware(backoff: authBackoff, logger: logger))
+        if let authBackoff { router.add(middleware: AuthBackoffMiddleware(backoff: authBackoff, logger: logger)) }
         router.add(middleware: ProblemMiddleware())
         addRoutes(RouteTable(router))
         return router

@@ -103,21 +103,22 @@ import VaultClient
         let bad = h.client(Array(secret.utf8))
         let policy = AuthBackoff.Policy()
         // The free failures answer at once.
-        let fast = ContinuousClock.now
         for _ in 0..<policy.freeFailures { #expect(try await bad.send("GET", "/v1/records/none").status == 401) }
-        let freeTime = ContinuousClock.now - fast
         // Past them, each bad token waits for a turn spaced by a doubling delay.
         let slow = ContinuousClock.now
         for _ in 0..<3 { #expect(try await bad.send("GET", "/v1/records/none").status == 401) }
         let slowTime = ContinuousClock.now - slow
         // Turns: 0 (the first past the free ones waits nothing), 100 ms, 200 ms.
         #expect(slowTime >= .milliseconds(290), "three backed-off failures took \(slowTime)")
-        #expect(freeTime < slowTime)
-        #expect(log.contains("rejected a request without a valid token"))
+        #expect(log.contains("rejected a request with an invalid token"))
         #expect(log.contains("uid \(getuid()) pid \(getpid())"), "the log names the process")
         #expect(!log.contains(secret) && !log.contains(String(repeating: "Q", count: 16)))
-        // A valid token still works (from this peer, after its turn).
+        // A valid token still works; a request without a token is answered at once and
+        // not counted (it guesses nothing).
         #expect(try await h.operatorClient.send("GET", "/v1/admin/tenants").status == 200)
+        let none = ContinuousClock.now
+        for _ in 0..<3 { #expect(try await h.client(nil).send("GET", "/v1/records/none").status == 401) }
+        #expect(ContinuousClock.now - none < .seconds(1))
     }
 
     @Test func backoffIsPerPeerBoundedAndForgiven() {
@@ -414,8 +415,10 @@ struct ReadOnlyDirectoryTests {
         #expect(rotate.status == 503 && rotate.text.contains("master.key.next"), "\(rotate.status) \(rotate.text)")
         try await Task.sleep(for: .milliseconds(300))
         #expect(chmod(dir + "/data", 0o700) == 0 && chmod(dir + "/keys", 0o700) == 0)
-        #expect(try await op.send("POST", "/v1/admin/rotate").status == 200)
-        #expect(try await op.send("POST", "/v1/admin/compact").status == 200)
+        let rotated = try await op.send("POST", "/v1/admin/rotate")
+        #expect(rotated.status == 200, "\(rotated.status) \(rotated.text)")
+        let compacted = try await op.send("POST", "/v1/admin/compact")
+        #expect(compacted.status == 200, "\(compacted.status) \(compacted.text)")
         stop.set()
         var written: [String] = []
         for w in writers {
