@@ -108,13 +108,18 @@ struct SecretBytesTests {
     }
 }
 
+/// How a memory fault ends a process: SIGSEGV, or under AddressSanitizer (scripts/sanitize),
+/// whose SEGV handler reports the fault and then aborts, SIGABRT.
+private let memoryFault: ExitTest.Condition =
+    getenv("ASAN_OPTIONS") == nil ? .signal(SIGSEGV) : .signal(SIGABRT)
+
 /// Memory protection, checked in child processes (exit tests) because the checks crash.
 @Suite("SecretBytes memory protection")
 struct SecretBytesProtectionTests {
     #if os(Linux) || os(macOS)
     @Test("a write outside withUnsafeMutableBytes faults: the pages are read-only")
     func writeOutsideMutableScopeFaults() async {
-        await #expect(processExitsWith: .signal(SIGSEGV)) {
+        await #expect(processExitsWith: memoryFault) {
             Sodium.disableCoreDumps()
             let secret = try! SecretBytes(count: 32)
             secret.withUnsafeBytes { bytes in
@@ -125,7 +130,7 @@ struct SecretBytesProtectionTests {
 
     @Test("reading one byte past the end faults: the guard page follows the buffer")
     func overreadHitsGuardPage() async {
-        await #expect(processExitsWith: .signal(SIGSEGV)) {
+        await #expect(processExitsWith: memoryFault) {
             Sodium.disableCoreDumps()
             let secret = try! SecretBytes.random(count: 32)
             let past = secret.withUnsafeBytes { bytes in
