@@ -79,6 +79,8 @@ public struct Problem: HTTPResponseError, Sendable {
 /// are mapped, Hummingbird's own errors (unknown route, body too large) keep their status,
 /// and anything else is a logged 500 with nothing of the request in it.
 struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
+    let storageFull = StorageFullLog()
+
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
             return try await next(request, context)
@@ -91,7 +93,7 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             throw Problem.unauthorized()
         } catch let e as VaultError {
             let p = Problem.from(e)
-            if case .storageFull = e { StorageFullLog.shared.refused(context.logger) }
+            if case .storageFull = e { storageFull.refused(context.logger) }
             if p.status == .internalServerError {
                 context.logger.error("request failed", metadata: ["route": "\(context.endpointPath ?? "-")", "error": "\(e)"])
             }
@@ -113,7 +115,6 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
 /// "Storage is full" in the log: the first refusal at once, then at most one line every ten
 /// seconds with the number refused since (a full disk under load must not fill the log too).
 final class StorageFullLog: Sendable {
-    static let shared = StorageFullLog()
     private let state = Mutex<(last: ContinuousClock.Instant?, refused: Int)>((nil, 0))
 
     func refused(_ logger: Logger) {
