@@ -39,18 +39,20 @@ let package = Package(
             pkgConfig: "lmdb",
             providers: [.apt(["liblmdb-dev"])]
         ),
+        // A pthread-mutex lock ThreadSanitizer can see (Synchronization.Mutex uses raw futexes on Linux).
+        .target(name: "Locking", swiftSettings: swiftSettings),
         .target(name: "Sodium", dependencies: ["CSodium"], swiftSettings: swiftSettings),
-        .target(name: "LMDB", dependencies: ["CLMDB"], swiftSettings: swiftSettings),
-        .target(name: "VaultCore", dependencies: ["Sodium", "LMDB"], swiftSettings: swiftSettings),
-        .executableTarget(name: "CoreBench", dependencies: ["VaultCore", "Sodium"], swiftSettings: swiftSettings),
+        .target(name: "LMDB", dependencies: ["CLMDB", "Locking"], swiftSettings: swiftSettings),
+        .target(name: "VaultCore", dependencies: ["Sodium", "LMDB", "Locking"], swiftSettings: swiftSettings),
+        .executableTarget(name: "CoreBench", dependencies: ["VaultCore", "Sodium", "Locking"], swiftSettings: swiftSettings),
         // JSON scanning/writing and the request/response shapes shared by server and CLI.
         .target(name: "VaultAPI", dependencies: ["VaultCore", "Sodium"], swiftSettings: swiftSettings),
         // A small HTTP/1.1 client over a Unix socket (CLI, benchmarks, tests).
-        .target(name: "VaultClient", dependencies: [], swiftSettings: swiftSettings),
+        .target(name: "VaultClient", dependencies: ["Locking"], swiftSettings: swiftSettings),
         .target(
             name: "VaultServer",
             dependencies: [
-                "VaultCore", "VaultAPI", "Sodium",
+                "VaultCore", "VaultAPI", "Sodium", "Locking",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -66,7 +68,7 @@ let package = Package(
         .target(
             name: "VaultCLI",
             dependencies: [
-                "VaultCore", "VaultAPI", "VaultClient", "VaultServer", "Sodium",
+                "VaultCore", "VaultAPI", "VaultClient", "VaultServer", "Sodium", "Locking",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -75,12 +77,12 @@ let package = Package(
         .executableTarget(name: "shredvault", dependencies: ["VaultCLI"], swiftSettings: swiftSettings),
 
         .testTarget(name: "SodiumTests", dependencies: ["Sodium"], swiftSettings: swiftSettings),
-        .testTarget(name: "LMDBTests", dependencies: ["LMDB"], swiftSettings: swiftSettings),
-        .testTarget(name: "VaultCoreTests", dependencies: ["VaultCore", "Sodium", "LMDB"], swiftSettings: swiftSettings),
+        .testTarget(name: "LMDBTests", dependencies: ["LMDB", "Locking"], swiftSettings: swiftSettings),
+        .testTarget(name: "VaultCoreTests", dependencies: ["VaultCore", "Sodium", "LMDB", "Locking"], swiftSettings: swiftSettings),
         .testTarget(name: "VaultAPITests", dependencies: ["VaultAPI", "VaultCore", "Sodium"], swiftSettings: swiftSettings),
         .testTarget(
             name: "VaultServerTests",
-            dependencies: ["VaultServer", "VaultClient", "VaultAPI", "VaultCore", "VaultCLI", "Sodium", "LMDB"],
+            dependencies: ["VaultServer", "VaultClient", "VaultAPI", "VaultCore", "VaultCLI", "Sodium", "LMDB", "Locking"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -27,6 +27,7 @@
 //          [--clock running|frozen] [--dir PATH]
 import Foundation
 import Synchronization
+import Locking
 import Sodium
 import VaultCore
 #if canImport(Glibc)
@@ -141,9 +142,9 @@ final class BenchClock: Sendable {
         var ms: Int64
         var runningSince: ContinuousClock.Instant?
     }
-    private let state: Mutex<State>
+    private let state: Locked<State>
 
-    init(_ start: Int64) { state = Mutex(State(ms: start, runningSince: nil)) }
+    init(_ start: Int64) { state = Locked(State(ms: start, runningSince: nil)) }
 
     private static func elapsed(_ s: State) -> Int64 {
         guard let since = s.runningSince else { return 0 }

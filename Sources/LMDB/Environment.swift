@@ -1,5 +1,5 @@
 import CLMDB
-import Synchronization
+import Locking
 
 #if canImport(Glibc)
 import Glibc
@@ -14,7 +14,7 @@ import Darwin
 /// lmdb.h: "Do not have open an LMDB database twice in the same process at the same time. Not even
 /// from a plain open() call - close()ing it breaks flock() advisory locking." (heed's `envs/mod.rs`
 /// keeps the same one-per-path registry.)
-private let openPaths = Mutex<Set<String>>([])
+private let openPaths = Locked<Set<String>>([])
 
 /// Settings applied before `mdb_env_open`.
 public struct EnvironmentOptions: Sendable {
@@ -49,7 +49,7 @@ public struct EnvironmentOptions: Sendable {
 /// transactions in flight so it is never closed under one.
 ///
 /// `@unchecked Sendable`: `MDB_env` is thread-safe for everything used here; the open/closed state,
-/// the in-flight count and the writer thread are guarded by `state` (a `Mutex`), and `handle` is
+/// the in-flight count and the writer thread are guarded by `state` (a `Locked`), and `handle` is
 /// only ever freed once that count is zero.
 public final class Environment: @unchecked Sendable {
     /// The path as given to `init`.
@@ -59,7 +59,7 @@ public final class Environment: @unchecked Sendable {
     private let handle: OpaquePointer
     private let databases: [String: Database]
     private let fileMode: UInt32
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     private struct State {
         /// Transactions and environment operations in flight.

@@ -1,5 +1,5 @@
 import Dispatch
-import Synchronization
+import Locking
 
 /// The convenient form: one ``HTTPConnection`` guarded by a lock, reconnected on failure, with the
 /// vault's default headers and bearer token added to every request.
@@ -9,7 +9,7 @@ import Synchronization
 /// connect is tried again on the next request.
 ///
 /// `@unchecked Sendable`: all mutable state — the connection and the `Authorization` line — lives in
-/// `state`, a `Mutex`, and is touched only inside `withLock`; the other stored properties are immutable
+/// `state`, a `Locked`, and is touched only inside `withLock`; the other stored properties are immutable
 /// and `Sendable`.
 public final class VaultHTTPClient: @unchecked Sendable {
     private struct State {
@@ -22,7 +22,7 @@ public final class VaultHTTPClient: @unchecked Sendable {
     private let timeout: Double
     /// Set when the token has bytes that cannot go in a header; every request then fails without sending.
     private let tokenProblem: String?
-    private let state: Mutex<State>
+    private let state: Locked<State>
     /// Where ``send(_:_:body:headers:)`` blocks: a private serial queue, so the waits happen on a Dispatch
     /// thread (an overcommitting one: a blocked queue gets a new thread) and never on the cooperative pool.
     private let queue: DispatchQueue
@@ -50,7 +50,7 @@ public final class VaultHTTPClient: @unchecked Sendable {
             }
         }
         tokenProblem = problem
-        state = Mutex(State(connection: nil, authorizationLine: line))
+        state = Locked(State(connection: nil, authorizationLine: line))
         queue = DispatchQueue(label: "shredvault.client")
     }
 

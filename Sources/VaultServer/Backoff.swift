@@ -1,6 +1,7 @@
 import Hummingbird
 import Logging
 import Synchronization
+import Locking
 
 /// The back-off's knobs (`ServerConfiguration.authBackoff`; nil turns it off).
 public struct AuthBackoffPolicy: Sendable {
@@ -49,7 +50,7 @@ final class AuthBackoff: Sendable {
     }
 
     let policy: Policy
-    private let state = Mutex(State())
+    private let state = Locked(State())
     /// Peers past their free failures: while zero, requests skip the peer lookup entirely.
     private let backedOffCount = Atomic<Int>(0)
 

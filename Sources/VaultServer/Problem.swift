@@ -2,7 +2,7 @@ public import Hummingbird
 import NIOCore
 import VaultAPI
 import VaultCore
-import Synchronization
+import Locking
 import Logging
 
 /// An error answer: `application/problem+json` with `type`, `title`, `status`, `detail`
@@ -115,7 +115,7 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
 /// "Storage is full" in the log: the first refusal at once, then at most one line every ten
 /// seconds with the number refused since (a full disk under load must not fill the log too).
 final class StorageFullLog: Sendable {
-    private let state = Mutex<(last: ContinuousClock.Instant?, refused: Int)>((nil, 0))
+    private let state = Locked<(last: ContinuousClock.Instant?, refused: Int)>((nil, 0))
 
     func refused(_ logger: Logger) {
         let now = ContinuousClock.now

@@ -6,6 +6,7 @@ import NIOCore
 import NIOPosix
 import Sodium
 import Synchronization
+import Locking
 public import VaultCore
 #if canImport(Glibc)
 import Glibc
@@ -214,7 +215,7 @@ public struct VaultServer: Sendable {
 /// notices when someone deletes it.
 final class SocketFile: Sendable {
     let path: String
-    private let identity = Mutex<(dev: UInt64, ino: UInt64)?>(nil)
+    private let identity = Locked<(dev: UInt64, ino: UInt64)?>(nil)
 
     init(path: String) { self.path = path }
 

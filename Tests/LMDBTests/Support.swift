@@ -1,6 +1,6 @@
 import Foundation
 import LMDB
-import Synchronization
+import Locking
 
 /// Runs `body` with the path of a fresh, empty temporary directory, removed afterwards.
 func withTemporaryDirectory<R>(_ body: (String) throws -> R) throws -> R {
@@ -47,7 +47,7 @@ func permissions(_ path: String) throws -> Int {
 
 /// An error slot shared with another thread.
 final class ErrorBox: Sendable {
-    private let error = Mutex<(any Error)?>(nil)
+    private let error = Locked<(any Error)?>(nil)
 
     func set(_ error: any Error) {
         self.error.withLock { $0 = error }

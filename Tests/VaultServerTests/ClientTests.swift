@@ -1,5 +1,5 @@
 import Foundation
-import Synchronization
+import Locking
 import Testing
 @testable import VaultClient
 
@@ -129,7 +129,7 @@ private final class CannedPeer {
 /// An HTTP server with canned behaviour for client tests. Each accepted connection runs `handler` on its
 /// own thread; the counters let tests see how many connections the client made.
 ///
-/// `@unchecked Sendable`: mutable state is in `state` (a `Mutex`); `listener` and the paths are immutable.
+/// `@unchecked Sendable`: mutable state is in `state` (a `Locked`); `listener` and the paths are immutable.
 private final class CannedServer: @unchecked Sendable {
     private struct State {
         var accepted = 0
@@ -142,7 +142,7 @@ private final class CannedServer: @unchecked Sendable {
     let directory: String
     let endpoint: ClientEndpoint
     private let listener: Int32
-    private let state = Mutex(State())
+    private let state = Locked(State())
     private let threads = DispatchGroup()
 
     init(tcp: Bool = false, handler: @escaping @Sendable (CannedPeer) -> Void) throws {

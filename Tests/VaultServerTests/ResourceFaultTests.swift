@@ -1,6 +1,6 @@
 import Foundation
 import Logging
-import Synchronization
+import Locking
 import Testing
 import VaultClient
 @testable import VaultServer
@@ -166,7 +166,7 @@ var faultRecord: [String: Any] { ["subject": "cust-1", "category": "personal", "
 
 /// Collects the daemon's log lines for assertions.
 final class LogCapture: Sendable {
-    private let lines = Mutex<[String]>([])
+    private let lines = Locked<[String]>([])
 
     var logger: Logger {
         var logger = Logger(label: "shredvault-test") { _ in Handler(capture: self) }

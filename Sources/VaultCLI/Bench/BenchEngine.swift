@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import Synchronization
+import Locking
 import VaultAPI
 import VaultClient
 #if canImport(Glibc)
@@ -99,9 +100,9 @@ private final class BenchShared: Sendable {
     /// `CLOCK_MONOTONIC` nanoseconds after which no request starts; 0: none.
     let deadline = Atomic<UInt64>(0)
     let stop = Atomic<Bool>(false)
-    let tallies = Mutex<[BenchTally]>([])
+    let tallies = Locked<[BenchTally]>([])
     /// Why a connection could not be made before the start.
-    let warmUpFailure = Mutex<String?>(nil)
+    let warmUpFailure = Locked<String?>(nil)
 }
 
 /// A request of a phase, and how to count its answer.

@@ -1,5 +1,5 @@
 import Foundation
-import Synchronization
+import Locking
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -49,7 +49,7 @@ enum Terminal {
 /// A one-line spinner on stderr for long operations, drawn only when stderr is a terminal
 /// (so logs and pipes get no control characters).
 ///
-/// `Sendable`: the text and the running flag live in a `Mutex`; the drawing thread reads
+/// `Sendable`: the text and the running flag live in a `Locked`; the drawing thread reads
 /// them only through it.
 /// - Warning: Call `finish()` (a `defer` is best): the drawing thread keeps the spinner,
 ///   and itself, alive until then.
@@ -59,12 +59,12 @@ final class Progress: Sendable {
         var running = true
     }
 
-    private let state: Mutex<State>
+    private let state: Locked<State>
     private let enabled: Bool
     private let started: Int64
 
     init(_ text: String) {
-        state = Mutex(State(text: text))
+        state = Locked(State(text: text))
         enabled = Terminal.stderrIsTerminal
         started = Progress.nowMilliseconds()
         guard enabled else { return }

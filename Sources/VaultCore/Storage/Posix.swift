@@ -1,4 +1,4 @@
-import Synchronization
+import Locking
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -110,7 +110,7 @@ enum Posix {
 /// An exclusive advisory lock on `<data-dir>/LOCK` (flock), held while the vault is open,
 /// so two processes never open the same data directory.
 final class DirectoryLock: Sendable {
-    private let fd: Mutex<Int32>
+    private let fd: Locked<Int32>
 
     init(directory: String) throws {
         let path = directory + "/LOCK"
@@ -124,7 +124,7 @@ final class DirectoryLock: Sendable {
             }
             throw VaultError.dataDirectory("cannot lock \(path): \(Posix.errnoText(e))")
         }
-        self.fd = Mutex(fd)
+        self.fd = Locked(fd)
     }
 
     /// Releases the lock (closing the descriptor drops the flock); idempotent.
