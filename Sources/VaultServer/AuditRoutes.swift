@@ -22,8 +22,9 @@ extension VaultServer {
         router.get("/v1/audit") { request, _ -> Response in
             let (_, tenant) = try self.tenantPrincipal(request, .admin)
             let (after, limit) = try self.page(request)
+            // The tenant's own numbering, no prev: nothing here counts another tenant's operations.
             let entries = try await self.vault.auditEntries(tenant: tenant, after: after, limit: limit)
-            return jsonResponse { w in Self.writeAudit(entries, after: after, into: &w) }
+            return jsonResponse { w in Self.writeAudit(entries, after: after, chain: false, into: &w) }
         }
 
         router.get("/v1/report") { request, _ -> Response in
@@ -63,7 +64,9 @@ extension VaultServer {
         }
     }
 
-    static func writeAudit(_ entries: [AuditEntry], after: UInt64, into w: inout JSONWriter) {
+    /// A page of entries. `chain`: the operator's view, in the chain's numbering with `prev`;
+    /// otherwise a tenant's view, in the tenant's own numbering, without `prev`.
+    static func writeAudit(_ entries: [AuditEntry], after: UInt64, chain: Bool = true, into w: inout JSONWriter) {
         w.beginObject()
         w.key("entries")
         w.beginArray()
@@ -80,7 +83,9 @@ extension VaultServer {
             w.key("count")
             w.uint(e.count)
             w.optionalString("reference", e.reference)
-            w.field("prev", e.prev.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined())
+            if chain {
+                w.field("prev", e.prev.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined())
+            }
             w.field("hash", e.hashHex)
             w.endObject()
         }

@@ -93,14 +93,18 @@ private func withKeystore<R>(_ tv: TestVault, _ body: (borrowing Transaction, En
         #expect(entries.contains { $0.action == "tenant.offboard" && $0.tenant == globex.slug })
         // An offboarded tenant's view is gone with it.
         await #expect(throws: VaultError.tenantNotFound(globex.slug)) { try await v.auditEntries(tenant: globex, after: 0, limit: 10) }
-        // A tenant's view is exactly the chain's entries of that tenant.
-        #expect(acmeView.map(\.seq) == entries.filter { $0.tenant == acme.slug }.map(\.seq))
+        // A tenant's view is exactly the chain's entries of that tenant, in chain order (same
+        // hashes), numbered in the tenant's own sequence and without prev.
+        let acmeChain = entries.filter { $0.tenant == acme.slug }
+        #expect(acmeView.map(\.hash) == acmeChain.map(\.hash))
+        #expect(acmeView.map(\.seq) == Array(1...UInt64(acmeView.count)))
+        #expect(acmeView.allSatisfy { $0.prev.isEmpty })
+        #expect(acmeChain.map(\.seq) != acmeView.map(\.seq), "the exercise interleaves tenants: the numberings differ")
         #expect(entries.allSatisfy { $0.tenant == nil || $0.tenant == acme.slug || $0.tenant == globex.slug })
-        // A tenant's entries are the chain's own entries (same hash), with targets.
-        let bySeq = Dictionary(uniqueKeysWithValues: entries.map { ($0.seq, $0) })
-        for e in acmeView {
-            #expect(bySeq[e.seq]?.hash == e.hash)
-            #expect(bySeq[e.seq]?.action == e.action)
+        for (e, c) in zip(acmeView, acmeChain) {
+            #expect(e.action == c.action)
+            #expect(e.at == c.at)
+            #expect(e.outcome == c.outcome)
         }
 
         // The chain survives a reopen and keeps growing from its head.
@@ -229,5 +233,201 @@ private func withKeystore<R>(_ tv: TestVault, _ body: (borrowing Transaction, En
         let next = try await tv.vault.auditEntries(tenant: nil, after: 3, limit: 2)
         #expect(next.map(\.seq) == [4, 5])
         #expect(try await tv.vault.auditEntries(tenant: nil, after: 0, limit: 0).isEmpty)
+    }
+
+    // MARK: Tenant numbering (DESIGN.md, Roles and isolation)
+
+    /// A tenant's entries, receipts and pages count in the tenant's own sequence: another
+    /// tenant's operations change none of them.
+    @Test func tenantNumberingIgnoresOtherTenantsActivity() async throws {
+        let tv = try TestVault()
+        defer { tv.vault.close() }
+        let v = tv.vault
+        _ = try await v.createTenant(acme, actor: .system)
+        _ = try await v.createTenant(globex, actor: .system)
+        var receipts: [ErasureReceipt] = []
+        for round in 0..<4 {
+            for _ in 0..<(round + 1) { _ = try await v.write(try newRecord(subject, payloadText), tenant: globex, actor: agent) }
+            _ = try await v.write(try newRecord(subject, payloadText), tenant: acme, actor: agent)
+            receipts.append(try await v.erase(subject: try Subject("nobody-\(round)"), reference: nil, tenant: acme, actor: admin))
+            _ = try await v.rotate(actor: .system)
+        }
+        let view = try await allEntries(v, tenant: acme)
+        // tenant.create, then a write and an erasure per round.
+        #expect(view.map(\.seq) == Array(1...9))
+        #expect(view.map(\.action) == ["tenant.create"] + Array(repeating: ["record.write", "subject.erase"], count: 4).flatMap { $0 })
+        #expect(receipts.map(\.auditSeq) == [3, 5, 7, 9])
+        for r in receipts {
+            let entry = try #require(try await v.auditEntries(tenant: acme, after: r.auditSeq - 1, limit: 1).first)
+            #expect(entry.seq == r.auditSeq)
+            #expect(entry.hashHex == r.auditHash)
+        }
+        // Pages continue in the tenant's numbering.
+        #expect(try await v.auditEntries(tenant: acme, after: 4, limit: 2).map(\.seq) == [5, 6])
+        #expect(try await v.auditEntries(tenant: acme, after: 9, limit: 10).isEmpty)
+        #expect(try await v.auditEntries(tenant: acme, after: .max, limit: 10).isEmpty)
+        // The chain is one chain, unchanged: the same entries sit far apart in it.
+        let chain = try await allEntries(v, tenant: nil)
+        let chainSeq = Dictionary(uniqueKeysWithValues: chain.map { ($0.hashHex, $0.seq) })
+        let receiptsInChain = receipts.compactMap { chainSeq[$0.auditHash] }
+        #expect(receiptsInChain.count == receipts.count)
+        #expect(receiptsInChain != receipts.map(\.auditSeq))
+        #expect(try await v.verifyAudit().isIntact)
+        // And survives a reopen: the next entry follows the last one.
+        let reopened = try tv.reopen()
+        defer { reopened.close() }
+        _ = try await reopened.write(try newRecord(subject, payloadText), tenant: acme, actor: agent)
+        #expect(try await reopened.auditEntries(tenant: acme, after: 9, limit: 10).map(\.seq) == [10])
+        #expect(try await reopened.auditEntries(tenant: globex, after: 0, limit: 1000).map(\.seq) == Array(1...11))
+    }
+
+    /// Operations of two tenants in the same group-committed batches, some of them failing
+    /// (rolled back) and some refused (their entry kept): each tenant's numbering has no gap
+    /// and follows the chain's order.
+    @Test func tenantNumberingHasNoGapsUnderConcurrentBatches() async throws {
+        let tv = try TestVault()
+        defer { tv.vault.close() }
+        let v = tv.vault
+        _ = try await v.createTenant(acme, actor: .system)
+        _ = try await v.createTenant(globex, actor: .system)
+        let held = try await v.write(try newRecord("held", payloadText), tenant: acme, actor: agent)
+        _ = try await v.addHold(.record(held.id), reason: "r", reference: "C-2", tenant: acme, actor: admin)
+        let text = payloadText
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for i in 0..<96 {
+                let t = i % 3 == 0 ? globex : acme
+                group.addTask {
+                    switch i % 4 {
+                    case 0: _ = try await v.write(try newRecord("s\(i)", text), tenant: t, actor: agent)
+                    case 1: _ = try? await v.write(try newRecord("s\(i)", text, retention: 365 * 86_400), tenant: t, actor: agent)
+                    case 2: _ = try? await v.delete(held.id, tenant: acme, actor: admin)  // refused, audited
+                    default: _ = try? await v.read(unknownRecordID(), tenant: t, actor: agent)  // not found, audited
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let chain = try await allEntries(v, tenant: nil)
+        for t in [acme, globex] {
+            let view = try await allEntries(v, tenant: t)
+            #expect(view.map(\.seq) == Array(1...UInt64(view.count)))
+            #expect(view.map(\.hash) == chain.filter { $0.tenant == t.slug }.map(\.hash))
+        }
+        #expect(try await v.verifyAudit().isIntact)
+    }
+
+    /// The hash a tenant is shown commits to the entry without being a function of what the
+    /// tenant sees: two of its entries adjacent in the chain (so `prev` of the second is the
+    /// hash of the first), every field known, trying chain sequence numbers finds nothing,
+    /// because the hash also covers a random nonce the tenant never sees.
+    @Test func entryHashIsOpaqueToTheTenant() async throws {
+        let tv = try TestVault()
+        let v = tv.vault
+        _ = try await v.createTenant(acme, actor: .system)
+        _ = try await v.createTenant(globex, actor: .system)
+        for _ in 0..<7 { _ = try await v.write(try newRecord(subject, payloadText), tenant: globex, actor: agent) }
+        _ = try await v.write(try newRecord(subject, payloadText), tenant: acme, actor: agent)
+        _ = try await v.write(try newRecord(subject, payloadText), tenant: acme, actor: agent)
+        let view = try await allEntries(v, tenant: acme)
+        let (first, second) = (view[view.count - 2], view[view.count - 1])
+        let chain = try await allEntries(v, tenant: nil)
+        let g = try #require(chain.first { $0.hash == second.hash }?.seq)
+        #expect(chain.first { $0.hash == first.hash }?.seq == g - 1, "the two entries are adjacent in the chain")
+        v.close()
+
+        func canonical(_ seq: UInt64, nonce: [UInt8]?) -> [UInt8] {
+            AuditEntry.canonical(seq: seq, at: second.at, tenant: second.tenant, actor: second.actor, action: second.action,
+                                 target: second.target, outcome: second.outcome, count: second.count,
+                                 reference: second.reference, nonce: nonce)
+        }
+        let stored = try withKeystore(tv) { txn, env in
+            try #require(try txn.value(forKey: Layout.auditKey(g), in: env.database(Layout.audit)))
+        }
+        let (entry, storedCanonical) = try stored.withUnsafeBytes { try AuditEntry.decode($0) }
+        // Control: the tenant's fields, the chain seq and the stored nonce are the whole entry.
+        let nonce = Array(storedCanonical.suffix(AuditEntry.nonceCount))
+        #expect(storedCanonical.first == AuditEntry.format)
+        #expect(canonical(g, nonce: nonce) == storedCanonical)
+        #expect(entry.prev == first.hash)
+        #expect(KeyedHash.hash(first.hash + storedCanonical, outputCount: 32) == second.hash)
+        // Without the nonce, no sequence number gives the hash the tenant was shown.
+        let zeros = [UInt8](repeating: 0, count: AuditEntry.nonceCount)
+        for candidate in UInt64(1)...(g + 1000) {
+            #expect(KeyedHash.hash(first.hash + canonical(candidate, nonce: nil), outputCount: 32) != second.hash)
+            #expect(KeyedHash.hash(first.hash + canonical(candidate, nonce: zeros), outputCount: 32) != second.hash)
+        }
+        #expect(Set(chain.map(\.hash)).count == chain.count)
+    }
+
+    /// A vault written before tenant-local numbering keyed the tenant index by the chain's
+    /// seq with empty values: each tenant's index is renumbered the first time it is read
+    /// (acme) or appended to (globex); entries of format 1 (no nonce) still verify.
+    @Test func indexWrittenBeforeTenantNumberingIsRenumbered() async throws {
+        let tv = try TestVault()
+        _ = try await exercise(tv)
+        let v0 = tv.vault
+        let globex2 = tenant("globex-2")
+        _ = try await v0.createTenant(globex2, actor: .system)
+        for i in 0..<6 {
+            _ = try await v0.write(try newRecord(subject, payloadText), tenant: i % 2 == 0 ? acme : globex2, actor: agent)
+        }
+        let acmeBefore = try await allEntries(v0, tenant: acme)
+        let globexBefore = try await allEntries(v0, tenant: globex2)
+        let entriesBefore = try await v0.verifyAudit().entries
+        v0.close()
+
+        // Back to the old layout: t|chain seq → "".
+        try withKeystore(tv) { txn, env in
+            let db = env.database(Layout.auditByTenant)
+            var rows: [(key: [UInt8], value: [UInt8])] = []
+            try txn.forEach(in: db) { k, v in rows.append(([UInt8](k), [UInt8](v))); return .continue }
+            #expect(rows.allSatisfy { $0.key.count == 12 && $0.value.count == 8 })
+            for r in rows { _ = try txn.delete(key: r.key, in: db) }
+            for r in rows { try txn.put([], forKey: Array(r.key.prefix(4)) + r.value, in: db) }
+        }
+
+        let v = try tv.openAgain()
+        defer { v.close() }
+        // Read first: renumbered to the same view.
+        #expect(try await allEntries(v, tenant: acme) == acmeBefore)
+        // Appended to first: renumbered, then the new entry follows.
+        _ = try await v.write(try newRecord(subject, payloadText), tenant: globex2, actor: agent)
+        let globexAfter = try await allEntries(v, tenant: globex2)
+        #expect(Array(globexAfter.dropLast()) == globexBefore)
+        #expect(globexAfter.last?.seq == UInt64(globexBefore.count + 1))
+        #expect(try await v.verifyAudit().isIntact)
+        #expect(try await v.verifyAudit().entries == entriesBefore + 1)
+    }
+
+    /// The renumbering works in chunks, in place, one tenant's prefix only.
+    @Test func renumberingALargeLegacyIndexTouchesOnlyItsTenant() throws {
+        let dir = TemporaryDirectory()
+        let env = try Environment(path: dir.path, options: .init(mapSize: 64 << 20), databases: Layout.keystoreDatabases)
+        defer { env.close() }
+        let dbs = KeystoreDatabases(env)
+        let n: UInt64 = 10_000
+        try env.write { txn in
+            for i in 0..<n { try txn.put([], forKey: Layout.auditByTenantKey(7, 3 * i + 2), in: dbs.auditByTenant) }
+            try txn.put([], forKey: Layout.auditByTenantKey(6, 5), in: dbs.auditByTenant)
+            try txn.put([], forKey: Layout.auditByTenantKey(8, 1), in: dbs.auditByTenant)
+            #expect(try AuditLog.lastTenantSeq(7, in: txn, dbs: dbs) == n)
+            #expect(try AuditLog.lastTenantSeq(7, in: txn, dbs: dbs) == n)  // once only
+        }
+        try env.read { txn in
+            var rows: [(UInt32, UInt64, [UInt8])] = []
+            try txn.forEach(in: dbs.auditByTenant) { k, v in
+                rows.append((readBE(k, at: 0), readBE(k, at: 4), [UInt8](v)))
+                return .continue
+            }
+            #expect(rows.count == Int(n) + 2)
+            #expect(rows.first! == (6, 5, []))
+            #expect(rows.last! == (8, 1, []))
+            for (i, row) in rows.dropFirst().dropLast().enumerated() {
+                guard row.0 == 7, row.1 == UInt64(i) + 1, row.2 == .be(3 * UInt64(i) + 2) else {
+                    Issue.record("row \(i): \(row)")
+                    return
+                }
+            }
+        }
     }
 }

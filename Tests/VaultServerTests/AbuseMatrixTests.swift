@@ -274,34 +274,70 @@ import VaultServer
                 LatencySample(values: valid).median)
     }
 
-    // MARK: Known leak
+    // MARK: Audit positions
 
-    /// Found by this suite: the audit chain is one chain for the whole vault, and a tenant's
-    /// audit page (and its erasure receipts) show global sequence numbers and the previous
-    /// entry's hash. Tenant B sees how many audited operations (reads included) all other
-    /// tenants made between two of its own, and when: A's activity, to the operation.
-    /// Recorded as a known issue until the lead decides (per-tenant numbering, or documenting
-    /// it as accepted); the test fails as soon as the leak is gone, to be turned into a guard.
-    @Test func auditSequenceNumbersShowOtherTenantsActivity() async throws {
+    /// Found by this suite (then a known issue): the audit chain is one chain for the whole
+    /// vault, and a tenant's audit page and erasure receipts showed the chain's sequence numbers
+    /// and the previous entry's hash, so tenant B saw how many audited operations (reads
+    /// included) all other tenants made between two of its own, and chained to A's entries.
+    /// A tenant's view is now numbered in its own sequence, without `prev`: B's entries are
+    /// 1, 2, 3... whatever A does, and nothing B is shown is a hash of A's entries.
+    @Test func auditSequenceNumbersDoNotShowOtherTenantsActivity() async throws {
         let h = try await ServerHarness.start()
         defer { Task { await h.stop() } }
         let a = try await h.abuseTenant("acme")
         let b = try await h.abuseTenant("globex")
         let record = json(["subject": "cust-1", "category": "personal", "channel": "email", "data": [:] as [String: Any]])
-        let first = try await b.agent.send("POST", "/v1/records", body: record)
-        for _ in 0..<5 { _ = try await a.agent.send("POST", "/v1/records", body: record) }
-        let second = try await b.agent.send("POST", "/v1/records", body: record)
-        let ids = try [first, second].map { try $0.object()["id"] as! String }
-        let page = try await b.admin.send("GET", "/v1/audit?limit=1000")
-        let entries = try #require(try page.object()["entries"] as? [[String: Any]])
-        let mine = ids.compactMap { id in entries.first { $0["target"] as? String == "record:\(id)" } }
-        try #require(mine.count == 2)
-        let gap = (mine[1]["seq"] as! Int) - (mine[0]["seq"] as! Int)
-        print("audit: B's two consecutive writes have sequence numbers \(gap) apart; A wrote 5 records in between")
-        withKnownIssue("a tenant's audit sequence numbers and prev hashes count and chain other tenants' operations") {
-            #expect(gap == 1, "B's consecutive entries are \(gap) apart: A's 5 writes show")
-            #expect(mine[1]["prev"] as? String == mine[0]["hash"] as? String, "B's entry chains to an entry of A")
+        func write(_ t: AbuseTenant) async throws -> String {
+            try await t.agent.send("POST", "/v1/records", body: record).expect(201).object()["id"] as! String
         }
+        func page(_ t: AbuseTenant, after: Int = 0) async throws -> [[String: Any]] {
+            let page = try await t.admin.send("GET", "/v1/audit?after=\(after)&limit=1000").expect(200).object()
+            return try #require(page["entries"] as? [[String: Any]])
+        }
+        let before = try await page(b)
+        var mine = [try await write(b)]
+        for _ in 0..<5 { _ = try await write(a) }
+        mine.append(try await write(b))
+        _ = try await a.agent.send("GET", "/v1/records/\(mine[0])")       // A's failed probe of B's id
+        let erased = try await b.admin.send("POST", "/v1/subjects/erase", body: json(["subject": "nobody", "reference": "t-1"]))
+        let receipt = try #require(try erased.expect(200).object()["receipt"] as? [String: Any])
+        for _ in 0..<3 { _ = try await write(a) }
+        mine.append(try await write(b))
+
+        let entries = try await page(b)
+        // B's entries are numbered 1, 2, 3... in B's own sequence, without gaps or prev.
+        #expect(entries.map { $0["seq"] as? Int } == Array(1...entries.count))
+        #expect(entries.count == before.count + 4)
+        #expect(entries.allSatisfy { $0["prev"] == nil && $0["tenant"] as? String == b.slug })
+        let writes = mine.map { id in entries.first { $0["target"] as? String == "record:\(id)" } }
+        let seqs = try writes.map { try #require($0?["seq"] as? Int) }
+        #expect(seqs == [before.count + 1, before.count + 2, before.count + 4], "A's writes show in B's numbering")
+        // The receipt names B's own entry, in B's numbering.
+        let erasure = try #require(entries.first { $0["action"] as? String == "subject.erase" })
+        #expect(receipt["audit_seq"] as? Int == before.count + 3)
+        #expect(erasure["seq"] as? Int == receipt["audit_seq"] as? Int)
+        #expect(erasure["hash"] as? String == receipt["audit_hash"] as? String)
+        // Paging counts in B's numbering too.
+        #expect(try await page(b, after: seqs[0]).first?["seq"] as? Int == seqs[0] + 1)
+        #expect(try await page(b, after: entries.count).isEmpty)
+
+        // No value B is shown is a hash of one of A's entries (the chain's, from the operator's view).
+        let chain = try await h.operatorClient.send("GET", "/v1/admin/audit?limit=1000").expect(200).object()
+        let chainEntries = try #require(chain["entries"] as? [[String: Any]])
+        let aHashes = Set(chainEntries.filter { $0["tenant"] as? String != b.slug }.compactMap { $0["hash"] as? String })
+        #expect(aHashes.count == chainEntries.count - entries.count)
+        let shown = entries.flatMap { $0.values.compactMap { $0 as? String } } + receipt.values.compactMap { $0 as? String }
+        #expect(shown.allSatisfy { !aHashes.contains($0) }, "B is shown the hash of another tenant's entry")
+        // The chain itself is unchanged: the operator's view has every entry, with prev, in order.
+        #expect(chainEntries.map { $0["seq"] as? Int } == Array(1...chainEntries.count))
+        for (previous, entry) in zip(chainEntries, chainEntries.dropFirst()) {
+            #expect(entry["prev"] as? String == previous["hash"] as? String)
+        }
+        // B's hashes are the chain's entries of B, in the same order.
+        #expect(entries.compactMap { $0["hash"] as? String }
+                == chainEntries.filter { $0["tenant"] as? String == b.slug }.compactMap { $0["hash"] as? String })
+        #expect(try await h.operatorClient.send("GET", "/v1/admin/audit/verify").expect(200).object()["intact"] as? Bool == true)
     }
 }
 

@@ -19,7 +19,15 @@ struct AuditHead: Equatable {
 
 /// One audit entry (DESIGN.md, Audit). Never holds a subject, payload, token or key
 /// byte: targets are record ids, subject *tags*, hold or extension ids.
+///
+/// Two views read entries. The chain view (the operator's, and verification) numbers them
+/// by their place in the vault-wide chain and carries `prev`. A tenant's view numbers its
+/// own entries 1, 2, 3... in the tenant's own sequence and carries no `prev`: the chain's
+/// numbering and links count and order every other tenant's operations (DESIGN.md, Roles
+/// and isolation).
 public struct AuditEntry: Sendable, Equatable {
+    /// The chain's sequence number in the chain view; the tenant's own sequence number in a
+    /// tenant's view.
     public let seq: UInt64
     public let at: Int64
     public let tenant: String?
@@ -29,18 +37,35 @@ public struct AuditEntry: Sendable, Equatable {
     public let outcome: String
     public let count: UInt64
     public let reference: String?
+    /// The previous entry's hash in the chain view; empty in a tenant's view.
     public let prev: [UInt8]
+    /// The entry's chain hash, in both views: it commits to the entry and, through `prev`, to
+    /// the chain before it, and reveals neither (format 2 entries hash a random nonce, so a
+    /// tenant that knows every field of its entry cannot recompute the hash either).
     public let hash: [UInt8]
 
     public var hashHex: String { hash.hex }
 
-    static let format: UInt8 = 1
+    /// Format 1: the fields. Format 2 (written since tenant-local numbering): the fields and a
+    /// 16-byte random nonce, the last thing the hash covers. Both verify the same way.
+    static let formatV1: UInt8 = 1
+    static let format: UInt8 = 2
+    static let nonceCount = 16
 
-    /// The canonical bytes the hash covers (with `prev` in front).
+    /// The canonical bytes the hash covers (with `prev` in front): format 2 with a `nonce`,
+    /// format 1 (as written before nonces) without.
+    ///
+    /// The nonce keeps the hash opaque to a tenant. Without it a tenant knows every field of
+    /// its own entry but the chain's `seq` and `prev`; when its two entries are adjacent in the
+    /// chain, `prev` is the hash it was shown for the first, and trying candidate sequence
+    /// numbers until the hash matches would tell it that nothing happened in between and how
+    /// many operations the whole vault had audited.
     static func canonical(seq: UInt64, at: Int64, tenant: String?, actor: String, action: String,
-                          target: String?, outcome: String, count: UInt64, reference: String?) -> [UInt8] {
+                          target: String?, outcome: String, count: UInt64, reference: String?,
+                          nonce: [UInt8]? = nil) -> [UInt8] {
+        precondition(nonce == nil || nonce!.count == nonceCount)
         var w = ByteWriter(capacity: 128)
-        w.u8(format)
+        w.u8(nonce == nil ? formatV1 : format)
         w.u64(seq)
         w.i64(at)
         w.string(tenant ?? "")
@@ -50,15 +75,20 @@ public struct AuditEntry: Sendable, Equatable {
         w.string(outcome)
         w.u64(count)
         w.string(reference ?? "")
+        if let nonce { w.raw(nonce) }
         return w.bytes
     }
 
     static func decode(_ b: UnsafeRawBufferPointer) throws -> (entry: AuditEntry, canonical: [UInt8]) {
         var r = ByteReader(b, what: "audit entry")
-        try r.format(format)
+        let version = try r.u8()
+        guard version == formatV1 || version == format else {
+            throw VaultError.corrupt("audit entry: format version \(version) is not supported")
+        }
         let seq = try r.u64(), at = try r.i64()
         let tenant = try r.string(), actor = try r.string(), action = try r.string()
         let target = try r.string(), outcome = try r.string(), count = try r.u64(), reference = try r.string()
+        if version == format { _ = try r.raw(nonceCount) }
         let canonicalCount = r.offset
         let prev = try r.raw(32), hash = try r.raw(32)
         try r.end()
@@ -80,8 +110,20 @@ public struct AuditVerification: Sendable, Equatable {
 
 /// Appends and verifies the hash chain. Appends happen inside the write transaction of
 /// the operation they record, so an operation and its entry commit (or vanish) together.
+///
+/// Each tenant's entries are also numbered in the tenant's own sequence: the tenant index
+/// (`audit_by_tenant`) maps `t|tenant seq` to the chain's seq (u64). Vaults written before
+/// that keyed the index by the chain's seq with an empty value; a tenant's index is
+/// rewritten in place the first time the tenant's log is appended to or read.
 enum AuditLog {
     static let headKey = Array("audit_head".utf8)
+
+    /// Where an appended entry sits: the new head of the chain and, for a tenant's entry, its
+    /// number in the tenant's own sequence (what the tenant is shown).
+    struct Appended {
+        let head: AuditHead
+        let tenantSeq: UInt64?
+    }
 
     struct Event {
         var tenant: (slug: String, number: UInt32)?
@@ -95,22 +137,105 @@ enum AuditLog {
 
     @discardableResult
     static func append(_ event: Event, in txn: borrowing Transaction, dbs: KeystoreDatabases,
-                       context: OperationContext) throws -> AuditHead {
+                       context: OperationContext) throws -> Appended {
         let seq = context.auditHead.seq + 1
         let canonical = AuditEntry.canonical(
             seq: seq, at: context.now, tenant: event.tenant?.slug, actor: event.actor.id, action: event.action,
-            target: event.target, outcome: event.outcome, count: event.count, reference: event.reference)
+            target: event.target, outcome: event.outcome, count: event.count, reference: event.reference,
+            nonce: Random.bytes(count: AuditEntry.nonceCount))
         let prev = context.auditHead.hash
         let hash = KeyedHash.hash(prev + canonical, outputCount: 32)
         try txn.put(canonical + prev + hash, forKey: Layout.auditKey(seq), in: dbs.audit, flags: .append)
+        var tenantSeq: UInt64?
         if let t = event.tenant {
-            try txn.put([], forKey: Layout.auditByTenantKey(t.number, seq), in: dbs.auditByTenant)
+            let local = try lastTenantSeq(t.number, in: txn, dbs: dbs) + 1
+            try txn.put(.be(seq), forKey: Layout.auditByTenantKey(t.number, local), in: dbs.auditByTenant)
+            tenantSeq = local
         }
         let head = AuditHead(seq: seq, hash: hash)
         // The head anchors the tail: deleting the newest entries is detected too.
         try txn.put(head.encode(), forKey: headKey, in: dbs.meta)
         context.auditHead = head
-        return head
+        return Appended(head: head, tenantSeq: tenantSeq)
+    }
+
+    /// The tenant's last own sequence number (0 before its first entry). Rewrites an index
+    /// written before tenant-local numbering first (`txn` must be a write transaction then).
+    static func lastTenantSeq(_ t: UInt32, in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> UInt64 {
+        var last: (local: UInt64, legacy: Bool)?
+        try txn.forEachReversed(in: dbs.auditByTenant, prefix: Layout.tenantKey(t)) { k, v in
+            guard k.count == 12, v.count == 8 || v.isEmpty else {
+                throw VaultError.corrupt("audit tenant index: entry of \(k.count) + \(v.count) bytes")
+            }
+            last = (readBE(k, at: 4), v.isEmpty)
+            return .stop
+        }
+        guard let last else { return 0 }
+        return last.legacy ? try renumberLegacyIndex(t, in: txn, dbs: dbs) : last.local
+    }
+
+    /// Rewrites a tenant's index from `t|chain seq → ""` to `t|tenant seq → chain seq`, in
+    /// chain order, and answers the number of entries. In place and in chunks: the i-th entry's
+    /// chain seq is at least i, so a new key never lands on an old key still to be moved.
+    private static func renumberLegacyIndex(_ t: UInt32, in txn: borrowing Transaction,
+                                            dbs: KeystoreDatabases) throws -> UInt64 {
+        var local: UInt64 = 0
+        var from = Layout.tenantKey(t)
+        while true {
+            var chunk: [UInt64] = []
+            try txn.forEach(in: dbs.auditByTenant, from: from, prefix: Layout.tenantKey(t)) { k, v in
+                guard k.count == 12, v.isEmpty else {
+                    throw VaultError.corrupt("audit tenant index of tenant \(t) mixes old and new entries")
+                }
+                chunk.append(readBE(k, at: 4))
+                return chunk.count < 4096 ? .continue : .stop
+            }
+            guard let lastSeq = chunk.last else { return local }
+            for seq in chunk {
+                local += 1
+                _ = try txn.delete(key: Layout.auditByTenantKey(t, seq), in: dbs.auditByTenant)
+                try txn.put(.be(seq), forKey: Layout.auditByTenantKey(t, local), in: dbs.auditByTenant)
+            }
+            guard lastSeq < UInt64.max else { return local }
+            from = Layout.auditByTenantKey(t, lastSeq + 1)
+        }
+    }
+
+    /// A tenant's own entries after its own sequence number `after`, at most `limit`,
+    /// numbered in its own sequence, without `prev`.
+    static func tenantEntries(_ t: UInt32, after: UInt64, limit: Int, in txn: borrowing Transaction,
+                              dbs: KeystoreDatabases) throws -> [AuditEntry] {
+        guard limit > 0, after < UInt64.max else { return [] }
+        _ = try lastTenantSeq(t, in: txn, dbs: dbs)  // renumbers a legacy index first
+        var positions: [(local: UInt64, seq: UInt64)] = []
+        try txn.forEach(in: dbs.auditByTenant, from: Layout.auditByTenantKey(t, after + 1), prefix: Layout.tenantKey(t)) { k, v in
+            guard k.count == 12, v.count == 8 else { throw VaultError.corrupt("audit tenant index: entry of \(k.count) + \(v.count) bytes") }
+            positions.append((readBE(k, at: 4), readBE(v, at: 0)))
+            return positions.count < limit ? .continue : .stop
+        }
+        // An entry missing from the log (verification names it) leaves a gap in the numbering.
+        return try positions.compactMap { p in
+            try entry(seq: p.seq, in: txn, dbs: dbs).map { e in
+                AuditEntry(seq: p.local, at: e.at, tenant: e.tenant, actor: e.actor, action: e.action,
+                           target: e.target, outcome: e.outcome, count: e.count, reference: e.reference,
+                           prev: [], hash: e.hash)
+            }
+        }
+    }
+
+    /// Every entry after the chain's `after`, at most `limit`, without targets or references.
+    static func chainEntries(after: UInt64, limit: Int, in txn: borrowing Transaction,
+                             dbs: KeystoreDatabases) throws -> [AuditEntry] {
+        var out: [AuditEntry] = []
+        guard limit > 0, after < UInt64.max else { return out }
+        try txn.forEach(in: dbs.audit, from: Layout.auditKey(after + 1)) { _, v in
+            let e = try AuditEntry.decode(v).entry
+            out.append(AuditEntry(seq: e.seq, at: e.at, tenant: e.tenant, actor: e.actor, action: e.action,
+                                  target: nil, outcome: e.outcome, count: e.count, reference: nil,
+                                  prev: e.prev, hash: e.hash))
+            return out.count < limit ? .continue : .stop
+        }
+        return out
     }
 
     static func head(in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> AuditHead {

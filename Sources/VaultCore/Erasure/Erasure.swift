@@ -1,12 +1,14 @@
 import LMDB
 
-/// Proof of an erasure for the client: what was erased, when, and where in the audit
-/// chain (the entry's sequence number and hash).
+/// Proof of an erasure for the client: what was erased, when, and which audit entry
+/// records it (its number in the tenant's own audit log, and its chain hash).
 public struct ErasureReceipt: Sendable, Equatable {
     public let tenant: String
     public let subjectTag: String
     public let erased: Int
     public let at: Int64
+    /// The entry's sequence number in the tenant's own log (`auditEntries(tenant:)`), not
+    /// the chain's: the chain's would count other tenants' operations.
     public let auditSeq: UInt64
     public let auditHash: String
 }
@@ -48,44 +50,14 @@ extension Vault {
             }
             for (id, m) in metas { try t.destroy(id, m, in: ks, dbs: dbs, context: context) }
             event.count = UInt64(metas.count)
-            let head = try AuditLog.append(event, in: ks, dbs: dbs, context: context)
+            let appended = try AuditLog.append(event, in: ks, dbs: dbs, context: context)
             return ErasureReceipt(tenant: t.slug, subjectTag: tag.hex, erased: metas.count, at: context.now,
-                                  auditSeq: head.seq, auditHash: head.hash.hex)
+                                  auditSeq: appended.tenantSeq ?? 0, auditHash: appended.head.hash.hex)
         }
     }
 
     /// Recomputes the audit chain; names the first broken entry.
     public func verifyAudit() async throws -> AuditVerification {
         try await perform { ks, _, _ in try AuditLog.verify(in: ks, dbs: self.writer.stores.ks) }
-    }
-
-    /// Audit entries after `after`, at most `limit`: a tenant's own entries when `tenant`
-    /// is given, else every entry with its target removed (the operator's view).
-    public func auditEntries(tenant: TenantID?, after: UInt64, limit: Int) async throws -> [AuditEntry] {
-        let limit = max(0, min(limit, 1000))
-        return try await perform { ks, _, context in
-            let dbs = self.writer.stores.ks
-            var out: [AuditEntry] = []
-            guard limit > 0, after < UInt64.max else { return out }
-            if let tenant {
-                let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
-                let prefix = Layout.tenantKey(t.number)
-                var seqs: [UInt64] = []
-                try ks.forEach(in: dbs.auditByTenant, from: Layout.auditByTenantKey(t.number, after &+ 1), prefix: prefix) { k, _ in
-                    seqs.append(readBE(k, at: 4))
-                    return seqs.count < limit ? .continue : .stop
-                }
-                for s in seqs { if let e = try AuditLog.entry(seq: s, in: ks, dbs: dbs) { out.append(e) } }
-            } else {
-                try ks.forEach(in: dbs.audit, from: Layout.auditKey(after &+ 1)) { _, v in
-                    let e = try AuditEntry.decode(v).entry
-                    out.append(AuditEntry(seq: e.seq, at: e.at, tenant: e.tenant, actor: e.actor, action: e.action,
-                                          target: nil, outcome: e.outcome, count: e.count, reference: nil,
-                                          prev: e.prev, hash: e.hash))
-                    return out.count < limit ? .continue : .stop
-                }
-            }
-            return out
-        }
     }
 }
