@@ -17,9 +17,17 @@ public struct VaultClock: Sendable {
 }
 
 public struct VaultConfiguration: Sendable {
-    /// Width of an expiry bucket: records whose `expires_at` falls in the same window share
-    /// one bucket key, destroyed when the window is past (DESIGN.md, Key hierarchy).
-    public var bucketWidthSeconds: Int64 = 86_400
+    public static let defaultBucketWidthSeconds: Int64 = 86_400
+
+    /// The expiry-bucket width asked for, in seconds: records whose `expires_at` falls in the
+    /// same window share one bucket key, destroyed when the window is past (DESIGN.md, Key
+    /// hierarchy). The width is recorded in the vault when it is created and never changes:
+    /// `Vault.create` records this width (nil: P1D); `Vault.open` uses the recorded width when
+    /// this is nil and refuses any other width (it would move every expiry).
+    public var requestedBucketWidthSeconds: Int64?
+    /// The width in force: in an opened vault's `configuration`, the width recorded in the
+    /// vault; before that, the requested width or P1D.
+    public var bucketWidthSeconds: Int64 { requestedBucketWidthSeconds ?? Self.defaultBucketWidthSeconds }
     /// Most operations group-committed in one LMDB write transaction.
     public var maxBatch: Int = 256
     public var keystoreMapSize: Int = 8 << 30
@@ -34,9 +42,10 @@ public struct VaultConfiguration: Sendable {
     /// simulates a crash at that point.
     var faultInjector: (@Sendable (FaultPoint) throws -> Void)? = nil
 
-    public init(bucketWidthSeconds: Int64 = 86_400, maxBatch: Int = 256, keystoreMapSize: Int = 8 << 30,
+    /// `bucketWidthSeconds`: see ``requestedBucketWidthSeconds`` (nil: the vault's own).
+    public init(bucketWidthSeconds: Int64? = nil, maxBatch: Int = 256, keystoreMapSize: Int = 8 << 30,
                 recordsMapSize: Int = 64 << 30, sweepBatchSize: Int = 5_000, clock: VaultClock = .system) {
-        self.bucketWidthSeconds = bucketWidthSeconds
+        self.requestedBucketWidthSeconds = bucketWidthSeconds
         self.maxBatch = maxBatch
         self.keystoreMapSize = keystoreMapSize
         self.recordsMapSize = recordsMapSize
@@ -45,7 +54,12 @@ public struct VaultConfiguration: Sendable {
     }
 
     func validate() throws {
-        guard bucketWidthSeconds >= 1 else { throw VaultError.invalidArgument("bucket width must be at least 1 second") }
+        if let width = requestedBucketWidthSeconds {
+            guard width >= 1 else { throw VaultError.invalidArgument("bucket width must be at least 1 second") }
+            guard width <= ISODuration.maximumSeconds else {
+                throw VaultError.invalidArgument("bucket width must be at most \(ISODuration.maximumSeconds / 86_400) days")
+            }
+        }
         guard maxBatch >= 1 else { throw VaultError.invalidArgument("batch size must be at least 1") }
         guard sweepBatchSize >= 1 else { throw VaultError.invalidArgument("sweep batch size must be at least 1") }
     }
@@ -68,21 +82,28 @@ public final class Vault: Sendable {
     let tokens: TokenTable
     private let lock: DirectoryLock
     public let dataDirectory: String
+    /// The configuration in force: `bucketWidthSeconds` is the width recorded in the vault.
     public let configuration: VaultConfiguration
+    /// Token rows refused at open (undecodable or failing their MAC), each an integrity error
+    /// naming the token: those tokens answer 401 until revoked and reissued. For the log.
+    public let tokenRowFailures: [VaultError]
 
     private init(writer: GroupCommitWriter, tokens: TokenTable, lock: DirectoryLock, dataDirectory: String,
-                 configuration: VaultConfiguration) {
+                 configuration: VaultConfiguration, tokenRowFailures: [VaultError]) {
         self.writer = writer
         self.tokens = tokens
         self.lock = lock
         self.dataDirectory = dataDirectory
         self.configuration = configuration
+        self.tokenRowFailures = tokenRowFailures
     }
 
     static let metaFormatKey = Array("format".utf8)
     static let metaMasterKey = Array("master_key".utf8)
     static let metaNextTenant = Array("next_tenant".utf8)
+    static let metaBucketWidth = Array("bucket_width".utf8)
     static let storeFormat: UInt8 = 1
+    static let bucketWidthFormat: UInt8 = 1
 
     /// Initialises a new vault: creates the data directory (0700) and a new master key
     /// file (0600), then opens it. Refuses to touch an existing vault or key file.
@@ -102,7 +123,8 @@ public final class Vault: Sendable {
 
     /// Opens an existing vault. Refuses (with a clear error) a world-writable data
     /// directory, a key file readable by others, a key that does not match the keystore,
-    /// or a directory another process holds.
+    /// a directory another process holds, or a bucket width other than the vault's own
+    /// (leave `bucketWidthSeconds` nil to use it; the opened vault's `configuration` has it).
     public static func open(dataDirectory: String, masterKeyFile: String,
                             configuration: VaultConfiguration = .init()) throws -> Vault {
         try open(dataDirectory: dataDirectory, masterKeyFile: masterKeyFile, configuration: configuration,
@@ -139,18 +161,37 @@ public final class Vault: Sendable {
         }
         let stores = Stores(keystore: keystore, records: records)
         do {
+            // Before anything is written (a refusal leaves the vault untouched).
+            let storedWidth = initialise ? nil : try keystore.read { try storedBucketWidth(in: $0, meta: stores.ks.meta) }
+            if let storedWidth, let requested = configuration.requestedBucketWidthSeconds, requested != storedWidth {
+                throw VaultError.invalidArgument(
+                    "this vault's expiry buckets are \(ISODuration.format(seconds: storedWidth)) wide; a bucket width of "
+                    + "\(ISODuration.format(seconds: requested)) was asked for: changing it would move every expiry "
+                    + "(leave the width unset, e.g. serve without --bucket-width, to use the vault's own)")
+            }
+            var configuration = configuration
+            let width = storedWidth ?? configuration.bucketWidthSeconds
+            configuration.requestedBucketWidthSeconds = width
             let file = MasterKeyFile(path: masterKeyFile)
             let (key, generation) = try initialise
-                ? initialiseKeystore(stores, file: file)
+                ? initialiseKeystore(stores, file: file, bucketWidthSeconds: width)
                 : loadMasterKey(stores, file: file)
+            if !initialise && storedWidth == nil {
+                // A vault created before the width was recorded: it has been running with the
+                // width it is opened with now (P1D unless one is asked for), so that is its width.
+                try keystore.write { txn in
+                    try txn.put(encodeBucketWidth(width), forKey: metaBucketWidth, in: stores.ks.meta)
+                }
+            }
             let tokens = TokenTable()
-            try loadTokens(stores, master: key, generation: generation, into: tokens)
+            let tokenFailures = try loadTokens(stores, master: key, generation: generation, into: tokens)
             let head = try keystore.read { try AuditLog.head(in: $0, dbs: stores.ks) }
             let state = try WriterState(configuration: configuration, masterKeyFile: file, masterKey: key,
                                     masterGeneration: generation, auditHead: head)
             let writer = GroupCommitWriter(stores: stores, state: state, maxBatch: configuration.maxBatch)
             writer.start()
-            return Vault(writer: writer, tokens: tokens, lock: lock, dataDirectory: dataDirectory, configuration: configuration)
+            return Vault(writer: writer, tokens: tokens, lock: lock, dataDirectory: dataDirectory, configuration: configuration,
+                         tokenRowFailures: tokenFailures)
         } catch {
             keystore.close()
             records.close()
@@ -158,7 +199,7 @@ public final class Vault: Sendable {
         }
     }
 
-    private static func initialiseKeystore(_ stores: Stores, file: MasterKeyFile) throws -> (Key, UInt64) {
+    private static func initialiseKeystore(_ stores: Stores, file: MasterKeyFile, bucketWidthSeconds: Int64) throws -> (Key, UInt64) {
         let loaded = try file.load()
         let key = Key(try loaded.key.copy())
         try stores.keystore.write { txn in
@@ -168,8 +209,25 @@ public final class Vault: Sendable {
             try txn.put([storeFormat], forKey: metaFormatKey, in: stores.ks.meta)
             try txn.put(masterCheck(key: key, generation: loaded.generation), forKey: metaMasterKey, in: stores.ks.meta)
             try txn.put(.be(UInt32(1)), forKey: metaNextTenant, in: stores.ks.meta)
+            try txn.put(encodeBucketWidth(bucketWidthSeconds), forKey: metaBucketWidth, in: stores.ks.meta)
         }
         return (key, loaded.generation)
+    }
+
+    /// The expiry-bucket width recorded in the keystore: format byte, then seconds (u64 BE).
+    static func encodeBucketWidth(_ seconds: Int64) -> [UInt8] {
+        [bucketWidthFormat] + .be(UInt64(seconds))
+    }
+
+    /// The recorded width, nil for a vault created before widths were recorded.
+    static func storedBucketWidth(in txn: borrowing Transaction, meta: Database) throws -> Int64? {
+        guard let b = try txn.value(forKey: metaBucketWidth, in: meta) else { return nil }
+        guard b.count == 9, b[0] == bucketWidthFormat else { throw VaultError.corrupt("the recorded bucket width") }
+        let seconds = b[1...].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        guard seconds >= 1, seconds <= UInt64(ISODuration.maximumSeconds) else {
+            throw VaultError.corrupt("the recorded bucket width (\(seconds) s)")
+        }
+        return Int64(seconds)
     }
 
     /// The keystore's record of which master key wraps it: the generation and a sealed

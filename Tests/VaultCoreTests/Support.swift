@@ -1,5 +1,5 @@
 import Foundation
-import Synchronization
+import Locking
 import Sodium
 @testable import VaultCore
 
@@ -22,8 +22,8 @@ final class TemporaryDirectory: Sendable {
 
 /// A clock tests move by hand, to cross expiry boundaries without sleeping.
 final class ManualClock: Sendable {
-    private let ms: Mutex<Int64>
-    init(_ start: Int64 = 1_800_000_000_000) { ms = Mutex(start) }
+    private let ms: Locked<Int64>
+    init(_ start: Int64 = 1_800_000_000_000) { ms = Locked(start) }
     var now: Int64 { ms.withLock { $0 } }
     func advance(seconds: Int64) { ms.withLock { $0 += seconds * 1000 } }
     func advance(milliseconds: Int64) { ms.withLock { $0 += milliseconds } }
@@ -37,7 +37,7 @@ struct TestVault {
     var configuration: VaultConfiguration
     let vault: Vault
 
-    init(bucketWidthSeconds: Int64 = 86_400, maxBatch: Int = 256, sweepBatchSize: Int = 5_000,
+    init(bucketWidthSeconds: Int64? = 86_400, maxBatch: Int = 256, sweepBatchSize: Int = 5_000,
          faults: (@Sendable (FaultPoint) throws -> Void)? = nil) throws {
         dir = TemporaryDirectory()
         clock = ManualClock()

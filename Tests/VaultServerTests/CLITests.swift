@@ -142,10 +142,10 @@ private final class CLIVault {
     var socket: String { directory + "/s.sock" }
     var operatorTokenFile: String { directory + "/operator.token" }
 
-    init() throws {
+    init(initArguments: [String] = []) throws {
         directory = try CLIHarness.shortTemporaryDirectory()
-        let result = try CLIHarness.run(["init", "--data-dir", directory + "/data", "--key-file", directory + "/keys/master.key"],
-                                        in: directory)
+        let result = try CLIHarness.run(["init", "--data-dir", directory + "/data", "--key-file", directory + "/keys/master.key"]
+                                        + initArguments, in: directory)
         guard result.exited, result.status == 0, let token = CLIHarness.operatorToken(fromInit: result.stdout) else {
             CLIHarness.remove(directory)
             throw CLITestError("init failed (\(result.status)): \(result.stderr)")
@@ -171,9 +171,9 @@ private final class CLIDaemon {
     let process: Process
     let logFile: String
 
-    init(_ vault: CLIVault) throws {
+    init(_ vault: CLIVault, arguments: [String] = []) throws {
         (process, _, logFile) = try CLIHarness.start(
-            ["serve", "--data-dir", vault.data, "--key-file", vault.keyFile, "--socket", vault.socket],
+            ["serve", "--data-dir", vault.data, "--key-file", vault.keyFile, "--socket", vault.socket] + arguments,
             in: vault.directory, name: "serve")
         let end = Date().addingTimeInterval(30)
         while !CLIHarness.isSocket(vault.socket) {
@@ -355,6 +355,49 @@ struct CLITests {
         }
         for subject in secrets.subjects { #expect(!log.contains(subject), "a subject appears in the daemon's log") }
         for marker in secrets.payloadMarkers { #expect(!log.contains(marker), "record data appears in the daemon's log") }
+    }
+
+    @Test("init --bucket-width records the width: serve uses it without the flag and refuses another")
+    func bucketWidth() throws {
+        let vault = try CLIVault(initArguments: ["--bucket-width", "PT1S"])
+        let serve = ["serve", "--data-dir", vault.data, "--key-file", vault.keyFile, "--socket", vault.socket]
+        for other in ["P1D", "PT2S"] {
+            let refused = try CLIHarness.run(serve + ["--bucket-width", other], in: vault.directory, seconds: 20)
+            #expect(refused.exited && refused.status == 1)
+            #expect(refused.stderr.hasPrefix("shredvault: ") && refused.stderr.contains("expiry buckets are PT1S wide")
+                    && refused.stderr.contains(other) && refused.stderr.contains("would move every expiry"),
+                    "\(refused.stderr)")
+            #expect(!CLIHarness.isSocket(vault.socket))
+        }
+        let bad = try CLIHarness.run(["init", "--data-dir", vault.directory + "/d2", "--key-file", vault.directory + "/k2/master.key",
+                                      "--bucket-width", "PT0S"], in: vault.directory)
+        #expect(bad.status == 64 && bad.stderr.contains("--bucket-width"), "\(bad.status) \(bad.stderr)")
+
+        // No flag: the vault's PT1S. A record kept two seconds has its bucket key destroyed
+        // by a sweep three seconds later; one kept 92 days does not.
+        let daemon = try CLIDaemon(vault)
+        let op = vault.operatorTokenFile
+        #expect(try vault.cli(["tenant", "create", "acme"], token: op).status == 0)
+        let agentFile = vault.directory + "/agent.token"
+        let agent = try vault.cli(["token", "issue", "--tenant", "acme", "--role", "agent", "--name", "desk",
+                                   "--output", agentFile], token: op)
+        #expect(agent.status == 0, "\(agent.stderr)")
+        let subjectFile = vault.directory + "/subject", dataFile = vault.directory + "/data.json"
+        try CLIHarness.write(subjectFile, "cust-1\n")
+        try CLIHarness.write(dataFile, #"{"note": "n"}"#)
+        let record = ["put", "--category", "personal", "--channel", "phone", "--subject-file", subjectFile,
+                      "--data-file", dataFile, "--json"]
+        let short = try vault.cli(record + ["--retention", "PT2S"], token: agentFile)
+        #expect(short.status == 0, "\(short.stderr)")
+        let long = try vault.cli(record, token: agentFile)
+        let longID = String(try #require(long.stdout.firstMatch(of: /"id":"([0-9A-Z]{26})"/)?.1))
+        usleep(3_200_000)
+        let swept = try vault.cli(["sweep", "--json"], token: op)
+        #expect(swept.status == 0, "\(swept.stderr)")
+        #expect(swept.stdout.contains(#""buckets_destroyed":1"#), "\(swept.stdout)")
+        #expect(try vault.cli(["get", longID], token: agentFile).status == 0)
+        #expect(daemon.log.contains("bucket_width=PT1S"), "\(daemon.log)")
+        #expect(daemon.terminate())
     }
 
     @Test("client commands fail in the documented format")

@@ -29,7 +29,6 @@ import Glibc
 //   the record's authenticated tag);
 // - the audit chain is an unkeyed hash chain: a rewrite that recomputes every later hash and
 //   the head is not detected;
-// - token rows are not authenticated: a token rebound to another tenant reads that tenant;
 // - an earlier authentic state (metadata and ciphertext put back together) reads back until
 //   the next rotation re-keys the bucket.
 
@@ -868,28 +867,82 @@ extension TamperTests {
         await v.remove()
     }
 
-    /// Token rows (tenant, role) are not authenticated: a token rebound on disk to another
-    /// tenant reads that tenant's records. (The plaintext is that record's own: the barrier
-    /// here is tenant isolation, not integrity of the record.)
+    /// Token rows carry a MAC over the token's hash and every field. A row rebound on disk
+    /// (acme's agent to tenant globex, acme's admin to the operator role, keeping the old MAC:
+    /// the key is out of reach) fails it: the daemon still starts, names both tokens, and
+    /// both answer 401; nobody else is affected, and revoking the damaged tokens clears them.
     @Test func tokenRowReboundToAnotherTenant() async throws {
         let v = try await TamperVault.make()
         do {
-            var rebound = false
+            var rebound: [String] = []
             for (key, value) in try v.entries(.keystore, Layout.tokens) where key.first == UInt8(ascii: "h") {
-                let info = try value.withUnsafeBytes { try TokenInfo.decode($0) }
-                guard info.name == "acme-agent" else { continue }
-                let moved = TokenInfo(id: info.id, tenant: "globex", role: info.role, name: info.name,
+                let mac = Array(value.suffix(TokenRow.macCount))
+                let info = try Array(value.dropLast(TokenRow.macCount)).withUnsafeBytes { try TokenInfo.decode($0) }
+                let moved: TokenInfo
+                switch info.name {
+                case "acme-agent":
+                    moved = TokenInfo(id: info.id, tenant: "globex", role: info.role, name: info.name,
                                       createdAt: info.createdAt, revokedAt: nil)
-                try v.set(.keystore, Layout.tokens, key, moved.encode())
-                rebound = true
+                case "acme-admin":
+                    moved = TokenInfo(id: info.id, tenant: nil, role: .operator, name: info.name,
+                                      createdAt: info.createdAt, revokedAt: nil)
+                default:
+                    continue
+                }
+                try v.set(.keystore, Layout.tokens, key, moved.encode() + mac)
+                rebound.append(info.id)
             }
-            try #require(rebound)
+            try #require(rebound.count == 2)
             try await v.start()
-            let r = try await v.agent("acme").send("GET", "/v1/records/\(v.id("g1"))")
-            #expect(r.status != 200 || r.body == v.records["g1"]!.original, "wrong plaintext")
-            withKnownIssue("token rows are not authenticated: a token rebound to another tenant reads it") {
-                #expect(r.status == 401 || r.status == 404, "acme's agent token read globex's g1: \(r.status)")
+            let failures = try #require(v.daemon).vault.tokenRowFailures.map(\.description)
+            #expect(failures.count == 2, "\(failures)")
+            for id in rebound {
+                #expect(failures.contains { $0.contains("token \(id): its row failed authentication") }, "\(failures)")
             }
+
+            let r = try await v.agent("acme").send("GET", "/v1/records/\(v.id("g1"))")
+            #expect(r.status == 401, "acme's rebound agent token on globex's g1: \(r.status) \(r.text)")
+            let own = try await v.agent("acme").send("GET", "/v1/records/\(v.id("a1"))")
+            #expect(own.status == 401, "acme's rebound agent token on its own a1: \(own.status)")
+            let tenants = try await v.admin("acme").send("GET", "/v1/admin/tenants")
+            #expect(tenants.status == 401, "acme's admin token rebound as operator: \(tenants.status) \(tenants.text)")
+            // globex and initech read as before; acme's records answer 401 (its agent token is the damaged one).
+            recordProblems(await checkReads(v, Dictionary(uniqueKeysWithValues: v.labels.filter { v.records[$0]!.tenant == "acme" }
+                .map { ($0, TamperReadOutcome.readsBackOr([401])) })), "rebound token rows")
+
+            // The operator revokes the damaged tokens; the next start is clean.
+            for id in rebound {
+                let revoked = try await v.operatorClient.send("DELETE", "/v1/admin/tokens/\(id)")
+                #expect(revoked.status == 204 || revoked.status == 200, "revoking \(id): \(revoked.status) \(revoked.text)")
+            }
+            await v.stop()
+            try await v.start()
+            #expect(try #require(v.daemon).vault.tokenRowFailures.isEmpty)
+            #expect(try await v.agent("acme").send("GET", "/v1/records/\(v.id("g1"))").status == 401)
+            await v.stop()
+        } catch {
+            Issue.record(error)
+        }
+        await v.remove()
+    }
+
+    /// A token row moved onto another token's hash (acme's agent row copied over globex's
+    /// agent row) fails its MAC: globex's token does not become acme's, nor stays globex's.
+    @Test func tokenRowCopiedOverAnotherToken() async throws {
+        let v = try await TamperVault.make()
+        do {
+            var rows: [String: ([UInt8], [UInt8])] = [:]
+            for (key, value) in try v.entries(.keystore, Layout.tokens) where key.first == UInt8(ascii: "h") {
+                let info = try Array(value.dropLast(TokenRow.macCount)).withUnsafeBytes { try TokenInfo.decode($0) }
+                rows[info.name] = (key, value)
+            }
+            let acme = try #require(rows["acme-agent"]), globex = try #require(rows["globex-agent"])
+            try v.set(.keystore, Layout.tokens, globex.0, acme.1)
+            try await v.start()
+            #expect(try #require(v.daemon).vault.tokenRowFailures.count == 1)
+            let r = try await v.agent("globex").send("GET", "/v1/records/\(v.id("a1"))")
+            #expect(r.status == 401, "globex's token with acme's row: \(r.status)")
+            #expect(try await v.agent("acme").send("GET", "/v1/records/\(v.id("a1"))").status == 200)
             await v.stop()
         } catch {
             Issue.record(error)

@@ -10,7 +10,8 @@ struct InitCommand: AsyncParsableCommand {
         discussion: """
             Refuses to overwrite an existing key file or vault. Prints the operator token once, \
             as {"operator_token": "svt_..."} on stdout: store it now (e.g. in a 0600 file); \
-            only its hash is kept.
+            only its hash is kept. The expiry-bucket width is recorded in the vault and cannot \
+            change afterwards (`serve` uses it).
             """)
 
     @OptionGroup var location: VaultLocation
@@ -18,8 +19,15 @@ struct InitCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("The name recorded for the first operator token.", valueName: "name"))
     var name = "initial operator"
 
+    @Option(name: .customLong("bucket-width"),
+            help: ArgumentHelp("Width of an expiry bucket as an ISO 8601 duration, recorded in the vault for good "
+                               + "(default P1D; PT1S for tests).",
+                               valueName: "duration"))
+    var bucketWidth: String?
+
     func validate() throws {
         guard !name.isEmpty else { throw ValidationError("--name must not be empty") }
+        _ = try bucketWidth.map(bucketWidthSeconds)
     }
 
     func run() async throws {
@@ -32,7 +40,9 @@ struct InitCommand: AsyncParsableCommand {
             }
             try Files.makeDirectories(Files.directory(of: keyFile), mode: 0o700)
 
-            let vault = try Vault.create(dataDirectory: location.dataDirectory, masterKeyFile: keyFile)
+            let configuration = VaultConfiguration(bucketWidthSeconds: try bucketWidth.map(bucketWidthSeconds))
+            let vault = try Vault.create(dataDirectory: location.dataDirectory, masterKeyFile: keyFile,
+                                         configuration: configuration)
             defer { vault.close() }
             let issued = try await vault.issueToken(tenant: nil, role: .operator, name: name, actor: .system)
 
@@ -43,7 +53,8 @@ struct InitCommand: AsyncParsableCommand {
             line.append(contentsOf: #"{"operator_token": ""#.utf8)
             issued.secret.withUnsafeBytes { line.append(contentsOf: $0) }
             line.append(contentsOf: "\"}\n".utf8)
-            Terminal.error("shredvault: created the vault in \(location.dataDirectory) with master key \(keyFile); "
+            Terminal.error("shredvault: created the vault in \(location.dataDirectory) with master key \(keyFile) "
+                + "and \(ISODuration.format(seconds: vault.configuration.bucketWidthSeconds)) expiry buckets; "
                 + "the operator token below is shown once")
             Terminal.outBytes(line)
         }

@@ -28,7 +28,8 @@ struct ServeCommand: AsyncParsableCommand {
     var listen: String?
 
     @Option(name: .customLong("bucket-width"),
-            help: ArgumentHelp("Width of an expiry bucket as an ISO 8601 duration (default P1D; PT1S for tests).",
+            help: ArgumentHelp("The vault's expiry-bucket width, as a check: the daemon refuses to start if the "
+                               + "vault was created with another (default: the vault's own, set by `init --bucket-width`).",
                                valueName: "duration"))
     var bucketWidth: String?
 
@@ -71,11 +72,7 @@ struct ServeCommand: AsyncParsableCommand {
 
     func settings() throws -> Settings {
         var vault = VaultConfiguration()
-        if let bucketWidth {
-            try checkDuration(bucketWidth, option: "--bucket-width")
-            vault.bucketWidthSeconds = try ISODuration.seconds(bucketWidth, field: "--bucket-width")
-            guard vault.bucketWidthSeconds >= 1 else { throw ValidationError("--bucket-width must be at least PT1S") }
-        }
+        vault.requestedBucketWidthSeconds = try bucketWidth.map(bucketWidthSeconds)
         if let mapSize {
             let bytes = try byteCount(mapSize, option: "--map-size")
             guard bytes >= 1 << 20 else { throw ValidationError("--map-size must be at least 1M") }
@@ -148,7 +145,15 @@ struct ServeCommand: AsyncParsableCommand {
         if !Sodium.areCoreDumpsDisabled {
             logger.warning("core dumps could not be disabled; keys could reach a core file")
         }
-        logger.info("vault opened", metadata: ["data_dir": "\(location.dataDirectory)"])
+        logger.info("vault opened", metadata: [
+            "data_dir": "\(location.dataDirectory)",
+            "bucket_width": "\(ISODuration.format(seconds: vault.configuration.bucketWidthSeconds))",
+        ])
+        // A damaged token row does not stop the daemon: that token answers 401 until it is
+        // revoked (which removes the row) and reissued.
+        for failure in vault.tokenRowFailures {
+            logger.error("token refused at start-up", metadata: ["error": "\(failure)"])
+        }
 
         var serverConfiguration = ServerConfiguration(socketPath: settings.socketPath, listen: settings.listen,
                                                       maxBody: settings.maxBody)
@@ -173,6 +178,14 @@ struct ServeCommand: AsyncParsableCommand {
         vault.close()
         logger.info("stopped")
     }
+}
+
+/// `--bucket-width` (of `init` and `serve`): an ISO 8601 duration of at least one second.
+func bucketWidthSeconds(_ text: String) throws -> Int64 {
+    try checkDuration(text, option: "--bucket-width")
+    let seconds = try ISODuration.seconds(text, field: "--bucket-width")
+    guard seconds >= 1 else { throw ValidationError("--bucket-width must be at least PT1S") }
+    return seconds
 }
 
 /// `1048576`, `512K`, `64M`, `8G`, `1T` (binary multiples; `KiB`, `MB` and friends read the same).

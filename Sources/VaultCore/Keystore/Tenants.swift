@@ -153,17 +153,18 @@ extension Vault {
             }
             for k in buckets { try txn.delete(key: k, in: dbs.buckets) }
             context.keysDestroyed = true
-            // The tenant's tokens die with it.
+            // The tenant's tokens die with it. A damaged token row (refused at open, so
+            // unusable already) is left for `revokeToken` to remove.
             var tokens: [([UInt8], TokenInfo)] = []
             try txn.forEach(in: dbs.tokens, from: [UInt8(ascii: "h")], prefix: [UInt8(ascii: "h")]) { k, v in
-                let info = try TokenInfo.decode(v)
+                guard let info = try? self.tokens.openRow(v, hash: Array(k[1...]), indexedID: nil) else { return .continue }
                 if info.tenant == id.slug && info.revokedAt == nil { tokens.append((Array(k), info)) }
                 return .continue
             }
             for (k, info) in tokens {
                 let revoked = TokenInfo(id: info.id, tenant: info.tenant, role: info.role, name: info.name,
                                         createdAt: info.createdAt, revokedAt: context.now)
-                try txn.put(revoked.encode(), forKey: k, in: dbs.tokens)
+                try txn.put(try self.tokens.sealRow(revoked, hash: Array(k[1...])), forKey: k, in: dbs.tokens)
             }
             try AuditLog.append(.init(tenant: tenant.auditTenant, actor: actor, action: "tenant.offboard",
                                       target: "tenant:\(id.slug)", count: UInt64(buckets.count)),

@@ -1,6 +1,6 @@
 import LMDB
 public import Sodium
-import Synchronization
+import Locking
 
 /// The three roles of DESIGN.md, "Roles and isolation".
 public enum Role: String, Sendable, CaseIterable, Codable {
@@ -21,6 +21,7 @@ public enum Role: String, Sendable, CaseIterable, Codable {
 }
 
 /// A bearer token as the vault knows it: never the token itself, only its keyed hash.
+/// Stored as a ``TokenRow``: these fields and a MAC binding them to the token's hash.
 public struct TokenInfo: Sendable, Equatable {
     public let id: String
     /// The tenant an agent or admin token belongs to; nil for operators.
@@ -30,8 +31,11 @@ public struct TokenInfo: Sendable, Equatable {
     public let createdAt: Int64
     public let revokedAt: Int64?
 
-    static let format: UInt8 = 1
+    /// 2: the row carries a MAC (``TokenRow``). Format 1 rows (unauthenticated, before any
+    /// release) are refused like any undecodable row.
+    static let format: UInt8 = 2
 
+    /// The fields alone; ``TokenRow`` appends the MAC.
     func encode() -> [UInt8] {
         var w = ByteWriter()
         w.u8(Self.format)
@@ -55,6 +59,59 @@ public struct TokenInfo: Sendable, Equatable {
     }
 }
 
+/// A token row as stored under `h` + hash: `TokenInfo.encode()` followed by a 32-byte MAC,
+/// keyed BLAKE2b over the token's hash and every field (id, tenant, role, name, created,
+/// revoked). The MAC key is derived from the token hash key (crypto_kdf, context
+/// `tokenrow`), which is wrapped under the master key and re-wrapped by each rotation, so
+/// whoever can write the keystore but does not hold the master key cannot rebind a token to
+/// another tenant or role, move a row to another token's hash, or write a row of its own.
+/// (Putting back an earlier authentic row, e.g. the unrevoked one, is not detected: the
+/// keystore has no freshness anchor.)
+enum TokenRow {
+    static let macCount = 32
+    private static let domain = Array("shredvault token row".utf8)
+
+    static func macKey(from hashKey: Key) throws -> Key {
+        Key(try KeyedHash.deriveKey(from: hashKey.bytes, subkeyID: 1, context: "tokenrow"))
+    }
+
+    private static func mac(fields: UnsafeRawBufferPointer, hash: [UInt8], key: Key) throws -> [UInt8] {
+        var w = ByteWriter(capacity: domain.count + 2 + hash.count + fields.count)
+        w.raw(domain)
+        w.field(hash)
+        w.raw(fields)
+        return try KeyedHash.hash(w.bytes, key: key.bytes, outputCount: macCount)
+    }
+
+    static func seal(_ info: TokenInfo, hash: [UInt8], key: Key) throws -> [UInt8] {
+        let fields = info.encode()
+        return fields + (try fields.withUnsafeBytes { try mac(fields: $0, hash: hash, key: key) })
+    }
+
+    /// The row's token, or an integrity error naming it (by `indexedID`, the id the token
+    /// index holds for this hash, else the id the row claims) when the row cannot be decoded
+    /// or fails its MAC.
+    static func open(_ row: UnsafeRawBufferPointer, hash: [UInt8], key: Key, indexedID: String?) throws -> TokenInfo {
+        func refused(_ why: String, claimed: String? = nil) -> VaultError {
+            let name = indexedID ?? claimed.map { "\($0) (as its row claims)" } ?? "a token row outside the token index"
+            return .integrity("token \(name): \(why); the token is refused")
+        }
+        guard row.count > macCount else { throw refused("its row cannot be decoded (truncated)") }
+        let fields = UnsafeRawBufferPointer(rebasing: row[..<(row.count - macCount)])
+        let info: TokenInfo
+        do {
+            info = try TokenInfo.decode(fields)
+        } catch {
+            throw refused("its row cannot be decoded (\(error))")
+        }
+        let expected = try mac(fields: fields, hash: hash, key: key)
+        let stored = UnsafeRawBufferPointer(rebasing: row[(row.count - macCount)...])
+        let authentic = expected.withUnsafeBytes { constantTimeEquals(stored, $0) }
+        guard authentic else { throw refused("its row failed authentication", claimed: info.id) }
+        return info
+    }
+}
+
 /// A newly issued token: shown once, then only its hash exists.
 public struct IssuedToken: Sendable {
     public let info: TokenInfo
@@ -62,15 +119,16 @@ public struct IssuedToken: Sendable {
     public let secret: SensitiveBytes
 }
 
-/// Token look-up for the request path, in memory: the keyed-hash key (in guarded memory)
-/// and the table of live token hashes, loaded at open and updated after each commit that
-/// issues or revokes a token. Authentication never waits for the writer.
+/// Token look-up for the request path, in memory: the keyed-hash key and the row MAC key (in
+/// guarded memory) and the table of live token hashes, loaded at open and updated after each
+/// commit that issues or revokes a token. Authentication never waits for the writer.
 final class TokenTable: Sendable {
     /// Live tokens by the first 8 bytes of their keyed hash (the selector); the whole
     /// 32-byte hash is then compared in constant time (sodium_memcmp), so the lookup's
     /// timing depends only on a selector the caller cannot compute without the hash key.
     private struct State {
         var key: Key?
+        var rowKey: Key?
         var bySelector: [UInt64: [(hash: [UInt8], info: TokenInfo)]] = [:]
 
         mutating func add(_ hash: [UInt8], _ info: TokenInfo) {
@@ -81,13 +139,18 @@ final class TokenTable: Sendable {
     static func selector(_ hash: [UInt8]) -> UInt64 {
         hash.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     static let prefix = Array("svt_".utf8)
 
     func load(key: Key, tokens: [[UInt8]: TokenInfo]) {
+        load(key: key, rowKey: try? TokenRow.macKey(from: key), tokens: tokens)
+    }
+
+    func load(key: Key, rowKey: Key?, tokens: [[UInt8]: TokenInfo]) {
         state.withLock { s in
             s.key = key
+            s.rowKey = rowKey
             s.bySelector = [:]
             for (hash, info) in tokens where info.revokedAt == nil { s.add(hash, info) }
         }
@@ -98,6 +161,21 @@ final class TokenTable: Sendable {
             guard let key = s.key else { return nil }
             return try KeyedHash.hash(token, key: key.bytes, outputCount: 32)
         }
+    }
+
+    private func rowKey() throws -> Key {
+        guard let key = state.withLock({ $0.rowKey }) else { throw VaultError.io("token key not loaded") }
+        return key
+    }
+
+    /// The row to store for `info` under its hash (see ``TokenRow``).
+    func sealRow(_ info: TokenInfo, hash: [UInt8]) throws -> [UInt8] {
+        try TokenRow.seal(info, hash: hash, key: try rowKey())
+    }
+
+    /// A stored row's token, or an integrity error naming it.
+    func openRow(_ row: UnsafeRawBufferPointer, hash: [UInt8], indexedID: String?) throws -> TokenInfo {
+        try TokenRow.open(row, hash: hash, key: try rowKey(), indexedID: indexedID)
     }
 
     func add(hash: [UInt8], info: TokenInfo) { state.withLock { $0.add(hash, info) } }
@@ -133,8 +211,12 @@ extension Vault {
         try KeyHierarchy.wrap(key.bytes, under: master.bytes, ad: tokenKeyAD + .be(generation))
     }
 
-    /// Loads the token key (creating it in a fresh keystore) and the live tokens.
-    static func loadTokens(_ stores: Stores, master: Key, generation: UInt64, into table: TokenTable) throws {
+    /// Loads the token key (creating it in a fresh keystore) and the live tokens. A row that
+    /// cannot be decoded or fails its MAC leaves that token out (it answers 401 like an
+    /// unknown one) and is returned as an integrity error naming the token: one damaged row
+    /// does not keep the vault from opening. (A damaged token hash key still does: it
+    /// takes every token with it.)
+    static func loadTokens(_ stores: Stores, master: Key, generation: UInt64, into table: TokenTable) throws -> [VaultError] {
         try stores.keystore.write { txn in
             let key: Key
             if let blob = try txn.value(forKey: metaTokenKey, in: stores.ks.meta) {
@@ -143,12 +225,26 @@ extension Vault {
                 key = try Key.random()
                 try txn.put(try wrapTokenKey(key, master: master, generation: generation), forKey: metaTokenKey, in: stores.ks.meta)
             }
-            var tokens: [[UInt8]: TokenInfo] = [:]
-            try txn.forEach(in: stores.ks.tokens, from: [UInt8(ascii: "h")], prefix: [UInt8(ascii: "h")]) { k, v in
-                tokens[Array(k[1...])] = try TokenInfo.decode(v)
+            let rowKey = try TokenRow.macKey(from: key)
+            // The token index (id → hash), only to name a damaged row by the id it was issued as.
+            var indexedIDs: [[UInt8]: String] = [:]
+            try txn.forEach(in: stores.ks.tokens, from: [UInt8(ascii: "i")], prefix: [UInt8(ascii: "i")]) { k, v in
+                indexedIDs[Array(v)] = String(decoding: k[1...], as: UTF8.self)
                 return .continue
             }
-            table.load(key: key, tokens: tokens)
+            var tokens: [[UInt8]: TokenInfo] = [:]
+            var failures: [VaultError] = []
+            try txn.forEach(in: stores.ks.tokens, from: [UInt8(ascii: "h")], prefix: [UInt8(ascii: "h")]) { k, v in
+                let hash = Array(k[1...])
+                do {
+                    tokens[hash] = try TokenRow.open(v, hash: hash, key: rowKey, indexedID: indexedIDs[hash])
+                } catch let error as VaultError {
+                    failures.append(error)
+                }
+                return .continue
+            }
+            table.load(key: key, rowKey: rowKey, tokens: tokens)
+            return failures
         }
     }
 
@@ -183,7 +279,8 @@ extension Vault {
             let id = RecordID.generate(milliseconds: context.now)
             let info = TokenInfo(id: "tok_" + id.description, tenant: tenant?.slug, role: role, name: name,
                                  createdAt: context.now, revokedAt: nil)
-            try ks.put(info.encode(), forKey: [UInt8(ascii: "h")] + hash, in: dbs.tokens, flags: .noOverwrite)
+            try ks.put(try self.tokens.sealRow(info, hash: hash), forKey: [UInt8(ascii: "h")] + hash, in: dbs.tokens,
+                       flags: .noOverwrite)
             try ks.put(hash, forKey: [UInt8(ascii: "i")] + Array(info.id.utf8), in: dbs.tokens)
             try AuditLog.append(.init(tenant: auditTenant, actor: actor, action: "token.issue", target: "token:\(info.id)"),
                                 in: ks, dbs: dbs, context: context)
@@ -193,17 +290,33 @@ extension Vault {
         return issued.0
     }
 
-    /// Revokes a token at once (in memory after the commit).
+    /// Revokes a token at once (in memory after the commit). A token whose row is damaged
+    /// (refused at open) is revoked by deleting its row; a token index entry that leads to
+    /// another token's authentic row is refused as an integrity error, and nothing changes.
     public func revokeToken(id: String, actor: Actor) async throws {
         try await perform { ks, _, context in
             let dbs = self.writer.stores.ks
-            guard let hash = try ks.value(forKey: [UInt8(ascii: "i")] + Array(id.utf8), in: dbs.tokens),
-                  var info = try ks.withValue(forKey: [UInt8(ascii: "h")] + hash, in: dbs.tokens, { b in try b.map(TokenInfo.decode) }),
-                  info.revokedAt == nil
-            else { throw VaultError.notFound }
-            info = TokenInfo(id: info.id, tenant: info.tenant, role: info.role, name: info.name, createdAt: info.createdAt,
-                             revokedAt: context.now)
-            try ks.put(info.encode(), forKey: [UInt8(ascii: "h")] + hash, in: dbs.tokens)
+            let rowLocation = [UInt8(ascii: "h")] + (try ks.value(forKey: [UInt8(ascii: "i")] + Array(id.utf8), in: dbs.tokens) ?? [])
+            guard rowLocation.count > 1, let row = try ks.value(forKey: rowLocation, in: dbs.tokens) else { throw VaultError.notFound }
+            let hash = Array(rowLocation[1...])
+            let stored: TokenInfo
+            do {
+                stored = try row.withUnsafeBytes { try self.tokens.openRow($0, hash: hash, indexedID: id) }
+            } catch VaultError.integrity {
+                // Unusable already (left out at open): its claims are not to be trusted, so the
+                // revocation is audited without a tenant.
+                try ks.delete(key: rowLocation, in: dbs.tokens)
+                try AuditLog.append(.init(tenant: nil, actor: actor, action: "token.revoke", target: "token:\(id)"),
+                                    in: ks, dbs: dbs, context: context)
+                return
+            }
+            guard stored.id == id else {
+                throw VaultError.integrity("token \(id): its index entry leads to the row of token \(stored.id); nothing was revoked")
+            }
+            guard stored.revokedAt == nil else { throw VaultError.notFound }
+            let info = TokenInfo(id: stored.id, tenant: stored.tenant, role: stored.role, name: stored.name,
+                                 createdAt: stored.createdAt, revokedAt: context.now)
+            try ks.put(try self.tokens.sealRow(info, hash: hash), forKey: rowLocation, in: dbs.tokens)
             var auditTenant: (slug: String, number: UInt32)? = nil
             if let slug = info.tenant, let t = try? TenantID(slug),
                let row = try ks.withValue(forKey: Array(t.slug.utf8), in: dbs.tenants, { b in try b.map(TenantRow.decode) }) {
