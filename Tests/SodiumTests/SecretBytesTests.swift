@@ -108,10 +108,11 @@ struct SecretBytesTests {
     }
 }
 
-/// How a memory fault ends a process: SIGSEGV, or under AddressSanitizer (scripts/sanitize),
-/// whose SEGV handler reports the fault and then aborts, SIGABRT.
+/// How a memory fault ends a process: SIGSEGV; under a sanitizer (scripts/sanitize sets its
+/// options) its SEGV handler reports the fault and ends the process its own way:
+/// AddressSanitizer aborts (SIGABRT), ThreadSanitizer exits 66.
 private let memoryFault: ExitTest.Condition =
-    getenv("ASAN_OPTIONS") == nil ? .signal(SIGSEGV) : .signal(SIGABRT)
+    getenv("ASAN_OPTIONS") != nil ? .signal(SIGABRT) : getenv("TSAN_OPTIONS") != nil ? .exitCode(66) : .signal(SIGSEGV)
 
 /// Memory protection, checked in child processes (exit tests) because the checks crash.
 @Suite("SecretBytes memory protection")
