@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "VaultCore", targets: ["VaultCore"]),
         .executable(name: "shredvault-corebench", targets: ["CoreBench"]),
         .executable(name: "shredvault", targets: ["shredvault"]),
+        .executable(name: "shredvault-crash-test", targets: ["CrashTest"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
@@ -75,6 +76,12 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .executableTarget(name: "shredvault", dependencies: ["VaultCLI"], swiftSettings: swiftSettings),
+        // Issue 5's crash suite: kills the real daemon under load and checks every acknowledgement (scripts/crash-test).
+        .executableTarget(
+            name: "CrashTest",
+            dependencies: ["VaultClient", "Locking", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: swiftSettings
+        ),
 
         .testTarget(name: "SodiumTests", dependencies: ["Sodium"], swiftSettings: swiftSettings),
         .testTarget(name: "LMDBTests", dependencies: ["LMDB", "Locking"], swiftSettings: swiftSettings),

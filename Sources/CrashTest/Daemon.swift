@@ -1,0 +1,237 @@
+import Foundation
+import VaultClient
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct DaemonError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// One vault directory (`data/`, `keys/master.key`) and the real `shredvault` binary serving it:
+/// `init` once, then `serve` started, killed with SIGKILL and started again on the same files.
+///
+/// Processes are started with posix_spawn (no shell; nothing secret on any command line): the
+/// daemon's stdout and stderr go to a log file in the vault directory (`serve-N.log`, one per
+/// start), the operator token of `init` to a 0600 file that is read and removed.
+final class Daemon: @unchecked Sendable {
+    // unchecked: used from the driver thread only; workers only read the immutable paths.
+    let binary: String
+    let directory: String
+    let bucketWidth: String
+    var dataDirectory: String { directory + "/data" }
+    var keyFile: String { directory + "/keys/master.key" }
+    var socket: String { dataDirectory + "/shredvault.sock" }
+
+    private(set) var pid: pid_t = 0
+    private(set) var starts = 0
+    /// Logs of this vault's daemon starts, oldest first.
+    private(set) var logs: [String] = []
+
+    init(binary: String, directory: String, bucketWidth: String) {
+        self.binary = binary
+        self.directory = directory
+        self.bucketWidth = bucketWidth
+    }
+
+    var isRunning: Bool { pid > 0 }
+
+    /// `shredvault init`: creates the vault and returns the operator token it printed once.
+    ///
+    /// The bucket width is recorded by `init --bucket-width` (and `serve --bucket-width` only checks
+    /// it); a binary whose `init` does not know the option takes it at `serve`, so init runs again
+    /// without it.
+    func initialise() throws -> [UInt8] {
+        let tokenFile = directory + "/operator.json"
+        let log = directory + "/init.log"
+        let arguments = ["init", "--data-dir", dataDirectory, "--key-file", keyFile]
+        var status = wait(try spawn(arguments + ["--bucket-width", bucketWidth], stdout: tokenFile, stderr: log))
+        if status != 0 && tail(of: log, lines: 5).contains("Unknown option '--bucket-width'") {
+            unlink(tokenFile)
+            status = wait(try spawn(arguments, stdout: tokenFile, stderr: log))
+        }
+        defer { unlink(tokenFile) }
+        guard status == 0 else {
+            throw DaemonError("shredvault init exited with status \(status): \(tail(of: log, lines: 10))")
+        }
+        guard let data = FileManager.default.contents(atPath: tokenFile),
+              let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let token = object["operator_token"] as? String else {
+            throw DaemonError("shredvault init printed no operator token")
+        }
+        return Array(token.utf8)
+    }
+
+    /// Starts `shredvault serve` and waits until it answers `GET /healthz`.
+    func start(timeout: Double = 60) throws {
+        try launch()
+        try waitReady(timeout: timeout)
+    }
+
+    /// Starts `shredvault serve` without waiting for it.
+    func launch() throws {
+        precondition(pid == 0, "the daemon is already running")
+        starts += 1
+        let log = directory + "/serve-\(starts).log"
+        logs.append(log)
+        pid = try spawn(["serve", "--data-dir", dataDirectory, "--key-file", keyFile, "--bucket-width", bucketWidth],
+                        stdout: log, stderr: log)
+    }
+
+    /// Waits until the launched daemon answers `GET /healthz`.
+    func waitReady(timeout: Double = 60) throws {
+        let client = VaultHTTPClient(endpoint: .unixSocket(path: socket), token: nil, timeout: 2)
+        let deadline = monotonicSeconds() + timeout
+        while monotonicSeconds() < deadline {
+            var status: Int32 = 0
+            let r = waitpid(pid, &status, WNOHANG)
+            if r == pid {
+                pid = 0
+                throw DaemonError("the daemon exited during start-up (\(describe(status))): "
+                    + tail(of: logs.last ?? "", lines: 3).trimmingCharacters(in: .whitespacesAndNewlines))
+            }
+            if client.call("GET", "/healthz").status == 200 { return }
+            usleep(20_000)
+        }
+        kill9()
+        throw DaemonError("the daemon did not answer on \(socket) within \(Int(timeout)) s")
+    }
+
+    /// SIGKILL, then reap: the process is gone when this returns.
+    func kill9() {
+        guard pid > 0 else { return }
+        kill(pid, SIGKILL)
+        _ = wait(pid)
+        pid = 0
+    }
+
+    /// SIGTERM and wait (at the end of a vault's life); SIGKILL after `timeout`.
+    func stop(timeout: Double = 30) {
+        guard pid > 0 else { return }
+        kill(pid, SIGTERM)
+        let deadline = monotonicSeconds() + timeout
+        while monotonicSeconds() < deadline {
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid {
+                pid = 0
+                return
+            }
+            usleep(20_000)
+        }
+        kill9()
+    }
+
+    /// Files an interrupted rotation or compaction leaves (start-up finishes or undoes them).
+    static let interruptedFiles = ["keys/master.key.next", "keys/master.key.next.tmp", "data/keystore.new", "data/keystore.old"]
+
+    /// Which of ``interruptedFiles`` exist now.
+    func leftovers() -> [String] {
+        Self.interruptedFiles.filter { name in
+            var st = stat()
+            return lstat(directory + "/" + name, &st) == 0
+        }
+    }
+
+    /// The last lines of each daemon log named, for a failed round's report.
+    func logTails(lines: Int, last: Int = 2) -> String {
+        logs.suffix(last).map { log in
+            "--- \(log) (last \(lines) lines) ---\n" + tail(of: log, lines: lines)
+        }.joined(separator: "\n")
+    }
+
+    /// Entries per named database of an LMDB environment (`data/keystore`, `data/records`), read
+    /// with `mdb_stat -a` (lmdb-utils) beside the running daemon; nil when mdb_stat is missing.
+    func entryCounts(_ environment: String) -> [String: Int]? {
+        guard let tool = Self.mdbStat else { return nil }
+        let out = directory + "/mdb_stat.out"
+        unlink(out)
+        defer { unlink(out) }
+        guard let child = try? spawn(["-a", dataDirectory + "/" + environment], stdout: out, stderr: "/dev/null", executable: tool),
+              wait(child) == 0, let data = FileManager.default.contents(atPath: out) else { return nil }
+        var counts: [String: Int] = [:]
+        var current: String?
+        for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
+            if line.hasPrefix("Status of ") {
+                current = String(line.dropFirst("Status of ".count))
+            } else if let name = current, let r = line.range(of: "Entries: ") {
+                counts[name] = Int(line[r.upperBound...].trimmingCharacters(in: .whitespaces))
+            }
+        }
+        return counts
+    }
+
+    /// Self-test of the checks: a consistent copy of both environments now (`mdb_copy`, beside
+    /// the running daemon)…
+    func snapshot() throws {
+        guard let tool = Self.tool("mdb_copy") else { throw DaemonError("mdb_copy (lmdb-utils) is not installed") }
+        for env in ["keystore", "records"] {
+            let target = directory + "/snapshot-" + env
+            try? FileManager.default.removeItem(atPath: target)
+            guard mkdir(target, 0o700) == 0 else { throw DaemonError("mkdir \(target)") }
+            let child = try spawn([dataDirectory + "/" + env, target], stdout: "/dev/null", stderr: "/dev/null", executable: tool)
+            guard wait(child) == 0 else { throw DaemonError("mdb_copy of \(env) failed") }
+        }
+    }
+
+    /// …put back over the live files while the daemon is down: every acknowledged change since
+    /// is lost, which the checks must report.
+    func rollBack() throws {
+        precondition(pid == 0, "roll back only a stopped vault")
+        for env in ["keystore", "records"] {
+            let live = dataDirectory + "/" + env
+            unlink(live + "/lock.mdb")
+            guard rename(directory + "/snapshot-" + env + "/data.mdb", live + "/data.mdb") == 0 else {
+                throw DaemonError("cannot roll back \(env)")
+            }
+            try? FileManager.default.removeItem(atPath: directory + "/snapshot-" + env)
+        }
+    }
+
+    static func tool(_ name: String) -> String? {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+        return path.split(separator: ":").map { $0 + "/" + name }.first { access($0, X_OK) == 0 }
+    }
+
+    static let mdbStat: String? = tool("mdb_stat")
+
+    // MARK: Processes
+
+    private func spawn(_ arguments: [String], stdout: String, stderr: String, executable: String? = nil) throws -> pid_t {
+        let program = executable ?? binary
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        if stderr == stdout {
+            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        }
+        let argv: [UnsafeMutablePointer<CChar>?] = ([program] + arguments).map { strdup($0) } + [nil]
+        defer { for p in argv { free(p) } }
+        var child: pid_t = 0
+        let r = posix_spawn(&child, program, &actions, nil, argv, environ)
+        guard r == 0 else { throw DaemonError("cannot start \(program): \(String(cString: strerror(r)))") }
+        return child
+    }
+
+    private func wait(_ child: pid_t) -> Int32 {
+        var status: Int32 = 0
+        while waitpid(child, &status, 0) < 0 && errno == EINTR {}
+        return status
+    }
+
+    private func describe(_ status: Int32) -> String {
+        let signal = status & 0x7F
+        return signal == 0 ? "exit status \((status >> 8) & 0xFF)" : "signal \(signal)"
+    }
+}
+
+/// The last `lines` lines of a text file ("" when unreadable).
+func tail(of path: String, lines: Int) -> String {
+    guard let data = FileManager.default.contents(atPath: path) else { return "(no log at \(path))" }
+    let text = String(decoding: data.suffix(64 * 1024), as: UTF8.self)
+    return text.split(separator: "\n", omittingEmptySubsequences: false).suffix(lines).joined(separator: "\n")
+}
