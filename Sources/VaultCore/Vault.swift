@@ -267,6 +267,11 @@ public final class Vault: Sendable {
         guard check.count > 9 else { throw VaultError.corrupt("master key check") }
         let storeGeneration = check[1..<9].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
 
+        // A `.tmp` file is a key file whose writing a crash cut short (the rename never
+        // happened): its key never wrapped anything, but it is key material: destroy it.
+        for leftover in [file.path + ".tmp", file.nextPath + ".tmp"] where Posix.exists(leftover) {
+            try Posix.shred(leftover)
+        }
         if Posix.exists(file.path) {
             let current = try file.load()
             if current.generation == storeGeneration, checkMatches(check, key: current.key, generation: storeGeneration) {

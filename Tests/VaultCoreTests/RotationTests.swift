@@ -105,6 +105,20 @@ import Sodium
 }
 
 @Suite struct OpeningTests {
+    @Test(arguments: [".tmp", ".next.tmp"])
+    func aKeyFileCutShortByACrashIsDestroyedAtStartUp(_ suffix: String) async throws {
+        let tv = try TestVault()
+        let leftover = tv.dir.keyFile + suffix
+        let fd = open(leftover, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+        #expect(fd >= 0)
+        _ = [UInt8](repeating: 0x5A, count: 45).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        let reopened = try tv.reopen()
+        defer { reopened.close() }
+        #expect(!FileManager.default.fileExists(atPath: leftover))
+        #expect(FileManager.default.fileExists(atPath: tv.dir.keyFile))
+    }
+
     @Test func refusesAKeyFileReadableByOthers() async throws {
         let tv = try TestVault()
         tv.vault.close()
