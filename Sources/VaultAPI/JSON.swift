@@ -19,7 +19,7 @@ public import Sodium
 /// `description` is "malformed JSON at byte <offset>: <reason>". Reasons are fixed
 /// phrases ("expected ':'", "invalid escape", "nesting deeper than 64"); the one
 /// exception is "duplicate key \"name\"", which quotes a top-level key when it is a
-/// short printable-ASCII field name (otherwise just "duplicate key"). String values,
+/// field name (1 to 32 of `a-z` and `_`; otherwise just "duplicate key"). String values,
 /// numbers and nested keys are never quoted.
 public struct JSONError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The byte offset in the scanned input where parsing failed.
@@ -154,18 +154,13 @@ public enum JSONScanner {
         return kind
     }
 
-    /// Quotes a key only when it reads like a field name; anything else could be data
-    /// a client put in the wrong place.
+    /// Quotes a key only when it reads like a field name (1 to 32 of `a-z` and `_`, the
+    /// server's rule for unknown fields); anything else could be data a client put in the
+    /// wrong place: a subject such as "cust-123" or a phone number must not come back.
     private static func duplicateKeyReason(_ key: String) -> String {
         let utf8 = key.utf8
-        let isFieldName = !utf8.isEmpty && utf8.count <= 64 && utf8.allSatisfy { byte in
-            switch byte {
-            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
-                 UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "_"), UInt8(ascii: "-"), UInt8(ascii: "."):
-                true
-            default:
-                false
-            }
+        let isFieldName = (1...32).contains(utf8.count) && utf8.allSatisfy { byte in
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || byte == UInt8(ascii: "_")
         }
         return isFieldName ? "duplicate key \"\(key)\"" : "duplicate key"
     }

@@ -127,7 +127,19 @@ extension VaultServer {
         // `body.collect` (not `collectBody`) so the request keeps no second reference: the
         // zeroing below then writes the buffer itself rather than a copy-on-write copy.
         // NIO's own read buffers are outside our reach.
-        var buffer = try await request.body.collect(upTo: configuration.maxBody)
+        var buffer: ByteBuffer
+        do {
+            buffer = try await request.body.collect(upTo: configuration.maxBody)
+        } catch is NIOTooManyBytesError {
+            // A chunked body (no declared length) that passed the limit.
+            throw Problem(.contentTooLarge, "request body is larger than \(configuration.maxBody) bytes")
+        } catch let error as CancellationError {
+            throw error
+        } catch {
+            // The body broke HTTP framing (a bad chunk size) or broke off (the connection
+            // closed before Content-Length bytes came): the client's fault, not a 500.
+            throw Problem(.badRequest, "the request body could not be read")
+        }
         let bytes = buffer.readableBytesView.withUnsafeBytes { Array($0) }
         buffer.withUnsafeMutableReadableBytes { secureZero($0) }
         return try JSONBody(bytes: bytes, allowed: allowed)
