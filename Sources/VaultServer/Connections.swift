@@ -112,3 +112,51 @@ struct ConnectionLimit: AvailableConnectionsDelegate {
 
     func isAcceptingNewConnections() -> Bool { open < limit }
 }
+
+/// Holds a connection's close until the bytes already written have left: Hummingbird closes
+/// its output as soon as a client half-closes its side, and NIO turns that into a full close
+/// that drops what is still queued — a client that sent its request and shut its write side
+/// would get a large answer cut short. A close waits for pending writes (at most `limit`; a
+/// client that stops reading does not hold the connection forever).
+final class FlushBeforeCloseHandler: ChannelOutboundHandler, RemovableChannelHandler {
+    typealias OutboundIn = HTTPResponsePart
+    typealias OutboundOut = HTTPResponsePart
+
+    private let limit: TimeAmount
+    private var pending = 0
+    private var heldClose: (mode: CloseMode, promise: EventLoopPromise<Void>?)?
+
+    init(limit: TimeAmount) { self.limit = limit }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        pending += 1
+        let written = promise ?? context.eventLoop.makePromise()
+        let loopBound = NIOLoopBound((handler: self, context: context), eventLoop: context.eventLoop)
+        written.futureResult.whenComplete { _ in
+            let (handler, context) = loopBound.value
+            handler.pending -= 1
+            if handler.pending == 0 { handler.releaseClose(context) }
+        }
+        context.write(data, promise: written)
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        guard pending > 0, heldClose == nil else {
+            context.close(mode: mode, promise: promise)
+            return
+        }
+        heldClose = (mode, promise)
+        context.flush()
+        let loopBound = NIOLoopBound((handler: self, context: context), eventLoop: context.eventLoop)
+        context.eventLoop.scheduleTask(in: limit) {
+            let (handler, context) = loopBound.value
+            handler.releaseClose(context)
+        }
+    }
+
+    private func releaseClose(_ context: ChannelHandlerContext) {
+        guard let held = heldClose else { return }
+        heldClose = nil
+        context.close(mode: held.mode, promise: held.promise)
+    }
+}

@@ -132,7 +132,8 @@ public struct VaultServer: Sendable {
         let deadline = TimeAmount.nanoseconds(Int64(configuration.requestTimeout.components.seconds) * 1_000_000_000
                                               + configuration.requestTimeout.components.attoseconds / 1_000_000_000)
         let server = HTTPServerBuilder.http1(configuration: .init(
-            additionalChannelHandlers: [RequestDeadlineHandler(limit: deadline, logger: logger)]))
+            additionalChannelHandlers: [FlushBeforeCloseHandler(limit: deadline),
+                                        RequestDeadlineHandler(limit: deadline, logger: logger)]))
         let signals = gracefulShutdownSignals
 
         @Sendable func unixApplication(onBound: @escaping @Sendable () async -> Void) -> some ApplicationProtocol {

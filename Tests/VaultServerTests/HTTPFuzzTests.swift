@@ -24,8 +24,7 @@ import Glibc
 // Tolerated and counted, not failed: the HTTP parser's bodiless `400` + `Connection: close`
 // (Hummingbird answers malformed HTTP before any route); an answer to CONNECT without framing
 // or body on a connection left open (NIO treats any answer to CONNECT as opening a tunnel);
-// and the known issue of HTTPLargeAnswerTests (answers over ~214 KB cut for a client that
-// half-closed), recorded with `withKnownIssue`.
+// answers cut for a half-closed client are failures (HTTPLargeAnswerTests pins the fix).
 //
 // Seeded: SHREDVAULT_FUZZ_SEED replays a run (the requests are drawn from the seed alone, never
 // from answers); SHREDVAULT_FUZZ_ITERATIONS sets the number of exchanges; SHREDVAULT_FUZZ_ONLY=i,j
@@ -71,12 +70,9 @@ import Glibc
         #expect(try verify.object()["intact"] as? Bool == true, "audit chain after the run: \(verify.text)")
 
         for failure in report.failures.prefix(20) { Issue.record(Comment(rawValue: failure)) }
-        if !report.knownIssues.isEmpty {
-            say("http fuzz: \(report.knownIssues.count) known issue(s): large answers cut for half-closed clients (see HTTPLargeAnswerTests)")
-            withKnownIssue("a half-closed client gets answers over ~214 KB cut short", isIntermittent: true) {
-                for k in report.knownIssues.prefix(5) { Issue.record(Comment(rawValue: k)) }
-            }
-        }
+        // Once a known issue (fixed by FlushBeforeCloseHandler): a half-closed client got large
+        // answers cut short.
+        for k in report.knownIssues.prefix(5) { Issue.record(Comment(rawValue: "answer cut for a half-closed client: " + k)) }
         say("http fuzz: \(report.summary) in \(Int(seconds)) s")
         for label in report.unanswered { say("http fuzz: closed without an answer: \(label)") }
         for (took, label) in report.slow.sorted(by: { $0.0 > $1.0 }).prefix(3) { say("http fuzz: slow \(took): \(label.prefix(260))") }
@@ -181,13 +177,10 @@ import Glibc
             return results
         }
         for o in outcomes { say("large answer: \(o.result)") }
-        for o in outcomes where !o.halfClosed { #expect(o.result.contains(": 200,"), "\(o.result)") }
-        // Intermittent: whether the daemon still has writes pending when it reads the client's
-        // end of input depends on timing (the longer pauses make it likely).
-        withKnownIssue("a half-closed client gets answers over ~214 KB cut short (NIO escalates Hummingbird's output close)",
-                       isIntermittent: true) {
-            for o in outcomes where o.halfClosed { #expect(o.result.contains(": 200,"), "\(o.result)") }
-        }
+        // Half-closed clients too: Hummingbird closes its output on the client's end of input and
+        // NIO escalates that to a full close dropping queued bytes, unless FlushBeforeCloseHandler
+        // holds the close until they are written (before it, answers over ~214 KB were cut).
+        for o in outcomes { #expect(o.result.contains(": 200,"), "\(o.result)") }
     }
 }
 
