@@ -135,6 +135,9 @@ public struct VaultServer: Sendable {
             additionalChannelHandlers: [FlushBeforeCloseHandler(limit: deadline),
                                         RequestDeadlineHandler(limit: deadline, logger: logger)]))
         let signals = gracefulShutdownSignals
+        // The process's own umask, put back if a re-bind fails before it could restore it.
+        let processUmask = umask(0o077)
+        umask(processUmask)
 
         @Sendable func unixApplication(onBound: @escaping @Sendable () async -> Void) -> some ApplicationProtocol {
             let previous = umask(0o117)
@@ -183,7 +186,20 @@ public struct VaultServer: Sendable {
                     let again = unixApplication {
                         logger.notice("listening again", metadata: ["socket": "\(socketPath)"])
                     }
-                    group.addTask { try await again.runService(gracefulShutdownSignals: signals); return .stopped }
+                    group.addTask {
+                        do {
+                            try await again.runService(gracefulShutdownSignals: signals)
+                            return .stopped
+                        } catch {
+                            // Not bound (something took the path meanwhile): the daemon keeps
+                            // serving the connections it has rather than stop; new clients
+                            // cannot reach it until it restarts.
+                            umask(processUmask)
+                            logger.error("could not bind the socket again; restart the daemon",
+                                         metadata: ["socket": "\(socketPath)", "error": "\(error)"])
+                            return .watchEnded
+                        }
+                    }
                     group.addTask(operation: watch)
                 case .watchEnded:
                     break
