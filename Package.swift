@@ -83,13 +83,15 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // Test support shared by the seeded tests of several targets (generator, knobs, output).
+        .target(name: "FuzzSupport", path: "Tests/FuzzSupport", swiftSettings: swiftSettings),
         .testTarget(name: "SodiumTests", dependencies: ["Sodium"], swiftSettings: swiftSettings),
         .testTarget(name: "LMDBTests", dependencies: ["LMDB", "Locking"], swiftSettings: swiftSettings),
-        .testTarget(name: "VaultCoreTests", dependencies: ["VaultCore", "Sodium", "LMDB", "Locking"], swiftSettings: swiftSettings),
-        .testTarget(name: "VaultAPITests", dependencies: ["VaultAPI", "VaultCore", "Sodium"], swiftSettings: swiftSettings),
+        .testTarget(name: "VaultCoreTests", dependencies: ["VaultCore", "Sodium", "LMDB", "Locking", "FuzzSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "VaultAPITests", dependencies: ["VaultAPI", "VaultCore", "Sodium", "FuzzSupport"], swiftSettings: swiftSettings),
         .testTarget(
             name: "VaultServerTests",
-            dependencies: ["VaultServer", "VaultClient", "VaultAPI", "VaultCore", "VaultCLI", "Sodium", "LMDB", "Locking"],
+            dependencies: ["VaultServer", "VaultClient", "VaultAPI", "VaultCore", "VaultCLI", "Sodium", "LMDB", "Locking", "FuzzSupport"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -1,5 +1,6 @@
 import Foundation
 import Sodium
+import FuzzSupport
 import Testing
 import VaultAPI
 #if canImport(Glibc)
@@ -26,9 +27,9 @@ import Glibc
 
     @Test(.timeLimit(.minutes(3)))
     func scannerNeverTrapsAndRoundTrips() {
-        let seed = JSONFuzzEnvironment.seed()
-        let iterations = JSONFuzzEnvironment.iterations(default: Self.defaultIterations)
-        jsonSay("json fuzz: seed \(seed), \(iterations) inputs per kind (replay: SHREDVAULT_FUZZ_SEED=\(seed) SHREDVAULT_FUZZ_ITERATIONS=\(iterations))")
+        let seed = FuzzEnvironment.seed()
+        let iterations = FuzzEnvironment.iterations(default: Self.defaultIterations)
+        say("json fuzz: seed \(seed), \(iterations) inputs per kind (replay: SHREDVAULT_FUZZ_SEED=\(seed) SHREDVAULT_FUZZ_ITERATIONS=\(iterations))")
         var fuzz = JSONFuzzer(seed: seed)
         let started = ContinuousClock.now
         fuzz.generated(iterations)
@@ -37,52 +38,16 @@ import Glibc
         fuzz.writerBytes(iterations)
         fuzz.times(iterations)
         for failure in fuzz.failures.prefix(20) { Issue.record(Comment(rawValue: failure)) }
-        jsonSay("json fuzz: accepted " + fuzz.accepted.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
-        jsonSay("json fuzz: \(fuzz.passed + fuzz.failed) inputs in \(ContinuousClock.now - started), slowest \(fuzz.slowest)")
-        jsonSay("json fuzz: \(fuzz.passed) passed, \(fuzz.failed) failed")
+        say("json fuzz: accepted " + fuzz.accepted.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+        say("json fuzz: \(fuzz.passed + fuzz.failed) inputs in \(ContinuousClock.now - started), slowest \(fuzz.slowest)")
+        say("json fuzz: \(fuzz.passed) passed, \(fuzz.failed) failed")
         #expect(fuzz.failed == 0, "replay with SHREDVAULT_FUZZ_SEED=\(seed) SHREDVAULT_FUZZ_ITERATIONS=\(iterations)")
     }
 }
 
-enum JSONFuzzEnvironment {
-    static func seed() -> UInt64 {
-        if let text = ProcessInfo.processInfo.environment["SHREDVAULT_FUZZ_SEED"] {
-            if text.hasPrefix("0x"), let v = UInt64(text.dropFirst(2), radix: 16) { return v }
-            if let v = UInt64(text) { return v }
-        }
-        var system = SystemRandomNumberGenerator()
-        return system.next()
-    }
+typealias JSONFuzzRandom = SplitMix64
 
-    static func iterations(default fallback: Int) -> Int {
-        if let text = ProcessInfo.processInfo.environment["SHREDVAULT_FUZZ_ITERATIONS"], let v = Int(text), v > 0 { return v }
-        return fallback
-    }
-}
-
-func jsonSay(_ line: String) {
-    print(line)
-    fflush(nil)
-}
-
-/// SplitMix64 (named apart from JSONTests' fixed-seed generator).
-struct JSONFuzzRandom: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    mutating func below(_ n: Int) -> Int { Int(next() % UInt64(max(n, 1))) }
-    mutating func between(_ low: Int, _ high: Int) -> Int { low + below(high - low + 1) }
-    mutating func chance(_ p: Double) -> Bool { Double(next() >> 11) / Double(UInt64(1) << 53) < p }
-    mutating func pick<T>(_ options: [T]) -> T { options[below(options.count)] }
-    mutating func bytes(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8(truncatingIfNeeded: next()) } }
+extension SplitMix64 {
 
     /// A Unicode scalar from every plane that matters: ASCII (controls included), Latin,
     /// BMP (U+2028 and U+FEFF too), astral; never a surrogate.
@@ -279,7 +244,7 @@ struct JSONFuzzer {
     }
 
     mutating func generated(_ n: Int) {
-        jsonSay("json fuzz: generated documents…")
+        say("json fuzz: generated documents…")
         for _ in 0..<n {
             let d = doc(depth: rng.chance(0.3) ? 0 : 1)
             var bytes: [UInt8]
@@ -390,7 +355,7 @@ struct JSONFuzzer {
     }
 
     mutating func mutated(_ n: Int) {
-        jsonSay("json fuzz: mutated documents…")
+        say("json fuzz: mutated documents…")
         for _ in 0..<n {
             let input = mutate(corpus.isEmpty ? Array("{}".utf8) : rng.pick(corpus))
             let began = ContinuousClock.now
@@ -400,7 +365,7 @@ struct JSONFuzzer {
     }
 
     mutating func noise(_ n: Int) {
-        jsonSay("json fuzz: random bytes…")
+        say("json fuzz: random bytes…")
         let alphabet = Array("{}[]\":,\\ 0123456789-+.eEtrufalsn\t\nu".utf8) + [0x00, 0x80, 0xC3, 0xA9, 0xFF, 0xED]
         for _ in 0..<n {
             let count = rng.pick([0, 1, 2, 5, 20, 100, 2_000])
@@ -513,7 +478,7 @@ struct JSONFuzzer {
     // MARK: The writer on arbitrary bytes
 
     mutating func writerBytes(_ n: Int) {
-        jsonSay("json fuzz: writer on arbitrary bytes…")
+        say("json fuzz: writer on arbitrary bytes…")
         for _ in 0..<n {
             var input = rng.bytes(rng.pick([0, 1, 3, 16, 100]))
             if rng.chance(0.5) { input = Array(rng.string().utf8) + input.prefix(2) }
@@ -545,7 +510,7 @@ struct JSONFuzzer {
     // MARK: RFC 3339
 
     mutating func times(_ n: Int) {
-        jsonSay("json fuzz: RFC 3339 times…")
+        say("json fuzz: RFC 3339 times…")
         let valid = ["2026-11-29T17:55:07.123Z", "1970-01-01T00:00:00Z", "9999-12-31T23:59:59.999Z", "2000-02-29T12:00:00+05:30",
                      "2024-06-30T23:59:60Z", "0001-01-01T00:00:00-23:59", "2099-01-01t00:00:00.123456789z"].map { Array($0.utf8) }
         for _ in 0..<n {

@@ -1,5 +1,6 @@
 import Foundation
 import Sodium
+import FuzzSupport
 import Testing
 import VaultAPI
 
@@ -1014,18 +1015,6 @@ struct JSONWriterTests {
 
 // MARK: - Randomized round trip
 
-/// SplitMix64: a fixed-seed generator, so every run checks the same documents.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// A JSON value as the test builds it (object members in order, keys unique).
 indirect enum Value {

@@ -1,4 +1,5 @@
 import Foundation
+import FuzzSupport
 import Testing
 import LMDB
 import Sodium
@@ -46,48 +47,9 @@ import Glibc
     }
 }
 
-// MARK: - Environment and randomness
+typealias FuzzRandom = SplitMix64
 
-enum FuzzEnvironment {
-    static func seed() -> UInt64 {
-        if let text = ProcessInfo.processInfo.environment["SHREDVAULT_FUZZ_SEED"] {
-            if text.hasPrefix("0x"), let v = UInt64(text.dropFirst(2), radix: 16) { return v }
-            if let v = UInt64(text) { return v }
-        }
-        var system = SystemRandomNumberGenerator()
-        return system.next()
-    }
-
-    static func iterations(default fallback: Int) -> Int {
-        if let text = ProcessInfo.processInfo.environment["SHREDVAULT_FUZZ_ITERATIONS"], let v = Int(text), v > 0 { return v }
-        return fallback
-    }
-}
-
-/// Prints at once: if a decoder traps, the seed and the decoder's name are on screen.
-func say(_ line: String) {
-    print(line)
-    fflush(nil)
-}
-
-/// SplitMix64.
-struct FuzzRandom: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    mutating func below(_ n: Int) -> Int { Int(next() % UInt64(max(n, 1))) }
-    mutating func between(_ low: Int, _ high: Int) -> Int { low + below(high - low + 1) }
-    mutating func chance(_ p: Double) -> Bool { Double(next() >> 11) / Double(UInt64(1) << 53) < p }
-    mutating func pick<T>(_ options: [T]) -> T { options[below(options.count)] }
-    mutating func bytes(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8(truncatingIfNeeded: next()) } }
+extension SplitMix64 {
 
     /// Integers that find edges: 0, 1, maxima, sign boundaries, or anything.
     mutating func edgy64() -> UInt64 {

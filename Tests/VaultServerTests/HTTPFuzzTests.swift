@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import FuzzSupport
 import Testing
 import VaultClient
 import VaultCore
@@ -186,33 +187,11 @@ import Glibc
 
 // MARK: - Environment
 
-enum FuzzEnvironment {
-    /// SHREDVAULT_FUZZ_SEED (decimal or 0x-hex), else a fresh random seed.
-    static func seed() -> UInt64 {
-        if let text = ProcessInfo.processInfo.environment["SHREDVAULT_FUZZ_SEED"] {
-            if text.hasPrefix("0x"), let v = UInt64(text.dropFirst(2), radix: 16) { return v }
-            if let v = UInt64(text) { return v }
-        }
-        var system = SystemRandomNumberGenerator()
-        return system.next()
-    }
-
+extension FuzzEnvironment {
     /// SHREDVAULT_FUZZ_ONLY=i,j: run only those exchanges of the seeded sequence (the others are
     /// still drawn, so the PRNG stays in step); SHREDVAULT_FUZZ_DUMP=DIR writes their bytes there.
     static let only: Set<Int>? = ProcessInfo.processInfo.environment["SHREDVAULT_FUZZ_ONLY"]
         .map { Set($0.split(separator: ",").compactMap { Int($0) }) }
-
-    /// SHREDVAULT_FUZZ_ITERATIONS when it is a positive integer, else `fallback`.
-    static func iterations(default fallback: Int) -> Int {
-        if let text = ProcessInfo.processInfo.environment["SHREDVAULT_FUZZ_ITERATIONS"], let v = Int(text), v > 0 { return v }
-        return fallback
-    }
-}
-
-/// Prints at once (a crash must not swallow the seed).
-func say(_ line: String) {
-    print(line)
-    fflush(nil)
 }
 
 /// Runs blocking socket code on a thread of its own, off the cooperative pool the daemon's
@@ -225,25 +204,9 @@ private func fuzzOffPool<T: Sendable>(_ body: @escaping @Sendable () -> T) async
     }
 }
 
-/// SplitMix64 with the helpers the generators need.
-struct FuzzRandom: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
+typealias FuzzRandom = SplitMix64
 
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    /// 0..<n (n > 0).
-    mutating func below(_ n: Int) -> Int { Int(next() % UInt64(max(n, 1))) }
-    mutating func between(_ low: Int, _ high: Int) -> Int { low + below(high - low + 1) }
-    mutating func chance(_ p: Double) -> Bool { Double(next() >> 11) / Double(UInt64(1) << 53) < p }
-    mutating func pick<T>(_ options: [T]) -> T { options[below(options.count)] }
-    mutating func bytes(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8(truncatingIfNeeded: next()) } }
+extension SplitMix64 {
     mutating func hex(_ n: Int) -> String {
         let digits = Array("0123456789abcdef")
         return String((0..<n).map { _ in digits[below(16)] })

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import LMDB
+import FuzzSupport
 import Testing
 import VaultClient
 @testable import VaultCore
@@ -389,15 +390,4 @@ func runShredvaultServe(dir: String, seconds: Double = 20) async throws -> (stat
     return (p.terminationStatus, String(decoding: data, as: UTF8.self))
 }
 
-/// A small seeded generator (SplitMix64), so a failing random round can be replayed.
-struct TamperRandom: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+typealias TamperRandom = SplitMix64
