@@ -214,6 +214,39 @@ import Sodium
         if case .failure(let e) = unknown[0] { #expect(e == .tenantNotFound("ghost")) } else { Issue.record("ghost write succeeded") }
     }
 
+    /// A batch written straight into the group's transactions (the fast path) that runs out of
+    /// map space part-way is run again with each record nested: the records that fit are
+    /// written and read back whole, the rest are refused as storage full, nothing is half-written.
+    @Test func aBatchThatFillsTheMapKeepsWhatFitsAndRefusesTheRest() async throws {
+        let tv = try TestVault(recordsMapSize: 2 << 20)
+        defer { tv.vault.close() }
+        let v = tv.vault
+        _ = try await v.createTenant(acme, actor: .system)
+        let blob = String(repeating: "z", count: 60_000)
+        let records = try (0..<60).map { i in try newRecord("full-\(i)", #"{"i":\#(i),"b":"\#(blob)"}"#) }
+        let results = await v.writeBatch(records, tenant: acme, actor: agent)
+        #expect(results.count == records.count)
+        let written = results.prefix { if case .success = $0 { true } else { false } }.count
+        #expect(written > 0 && written < records.count, "\(written) of \(records.count) written")
+        for (i, result) in results.enumerated() {
+            switch result {
+            case .success(let r):
+                #expect(i < written, "record #\(i) written after a refusal")
+                #expect(try await v.read(r.id, tenant: acme, actor: agent).data.text == #"{"i":\#(i),"b":"\#(blob)"}"#)
+            case .failure(let e):
+                #expect(e == .storageFull, "record #\(i): \(e)")
+            }
+        }
+        let stats = try await v.statistics()
+        #expect(stats.records == written)
+        #expect(try await v.verifyAudit().isIntact)
+        // The writer still serves: a small record in a later batch fits in what is left, or is refused alone.
+        let small = await v.writeBatch([try newRecord("small", "{}"), try newRecord("small", "{}", retention: 0)],
+                                       tenant: acme, actor: agent)
+        if case .failure(let e) = small[1] { #expect(e == .invalidArgument("retention must be positive")) }
+        else { Issue.record("a zero retention was accepted") }
+    }
+
     @Test func closingWhileWritesAreInFlightAcknowledgesOnlyDurableOnes() async throws {
         let tv = try TestVault()
         _ = try await tv.vault.createTenant(acme, actor: .system)

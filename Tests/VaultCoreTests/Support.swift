@@ -38,13 +38,13 @@ struct TestVault {
     let vault: Vault
 
     init(bucketWidthSeconds: Int64? = 86_400, maxBatch: Int = 256, sweepBatchSize: Int = 5_000,
-         faults: (@Sendable (FaultPoint) throws -> Void)? = nil) throws {
+         recordsMapSize: Int = 1 << 30, faults: (@Sendable (FaultPoint) throws -> Void)? = nil) throws {
         dir = TemporaryDirectory()
         clock = ManualClock()
         try FileManager.default.createDirectory(atPath: dir.path + "/keys", withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o700])
         configuration = VaultConfiguration(bucketWidthSeconds: bucketWidthSeconds, maxBatch: maxBatch,
-                                           keystoreMapSize: 256 << 20, recordsMapSize: 1 << 30,
+                                           keystoreMapSize: 256 << 20, recordsMapSize: recordsMapSize,
                                            sweepBatchSize: sweepBatchSize, clock: clock.vaultClock)
         configuration.faultInjector = faults
         vault = try Vault.create(dataDirectory: dir.data, masterKeyFile: dir.keyFile, configuration: configuration)

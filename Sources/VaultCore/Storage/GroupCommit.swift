@@ -25,6 +25,12 @@ struct AuditedRefusal: Error {
     let error: VaultError
 }
 
+/// Thrown by an operation that was refused before its first write (a validation, an
+/// unknown tenant): it fails alone even on the writer's fast path, with nothing to roll back.
+struct NothingWritten: Error {
+    let error: VaultError
+}
+
 /// The two environments. Only the writer thread touches them after start-up; a
 /// compaction swaps `keystore` for its compacted copy.
 final class Stores: @unchecked Sendable {
@@ -251,6 +257,7 @@ final class GroupCommitWriter: @unchecked Sendable {
     /// commits themselves fails every operation, and nil is returned.
     private func attemptBatch(_ ops: [any BatchOperation], isolated: Bool) -> (OperationContext, [(any Error)?])? {
         let context = OperationContext(state: state)
+        context.isolated = isolated
         var outcomes = [(any Error)?](repeating: nil, count: ops.count)
         let deletes = state.pendingCiphertextDeletes
         do {
@@ -262,6 +269,8 @@ final class GroupCommitWriter: @unchecked Sendable {
                             do {
                                 try op.execute(keystore: ks, records: rec, context: context)
                             } catch let r as AuditedRefusal {
+                                outcomes[i] = r.error
+                            } catch let r as NothingWritten {
                                 outcomes[i] = r.error
                             }
                             continue
@@ -356,6 +365,7 @@ extension VaultError {
         switch error {
         case let e as VaultError: return e
         case let e as AuditedRefusal: return e.error
+        case let e as NothingWritten: return e.error
         case let e as LMDBError where e.isMapFull: return .storageFull
         // The file system is full (or the quota or file size limit is reached): LMDB's
         // page write failed and the transaction was aborted, nothing was written.

@@ -50,6 +50,9 @@ final class OperationContext {
     var ciphertextDeletes: [[UInt8]] = []
     /// Set by an operation that destroys keys (offboarding): the cache is wiped at commit.
     var keysDestroyed = false
+    /// True when the writer runs each operation in nested transactions of its own (after a
+    /// failed fast attempt): an operation may then nest further to fail parts of itself alone.
+    var isolated = false
 
     init(state: WriterState) {
         self.state = state
