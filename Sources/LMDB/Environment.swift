@@ -27,11 +27,16 @@ public struct EnvironmentOptions: Sendable {
     /// Permissions of `data.mdb` and `lock.mdb` when created (and of the `data.mdb` written by
     /// ``Environment/copy(to:compact:)``).
     public var fileMode: UInt32 = 0o600
+    /// The kernel's read-ahead on the map. false sets `MDB_NORDAHEAD` (`madvise(MADV_RANDOM)`):
+    /// lmdb.h, "Turning it off may help random read performance when the DB is larger than RAM
+    /// and system RAM is full." Each page fault then reads one page instead of a window around it.
+    public var readAhead: Bool = true
 
-    public init(mapSize: Int = 1 << 30, maxDatabases: UInt32 = 32, maxReaders: UInt32 = 126) {
+    public init(mapSize: Int = 1 << 30, maxDatabases: UInt32 = 32, maxReaders: UInt32 = 126, readAhead: Bool = true) {
         self.mapSize = mapSize
         self.maxDatabases = maxDatabases
         self.maxReaders = maxReaders
+        self.readAhead = readAhead
     }
 }
 
@@ -96,7 +101,8 @@ public final class Environment: @unchecked Sendable {
             try check(mdb_env_set_maxreaders(env, options.maxReaders))
             // lmdb.h, mdb_env_open: "If this function fails, mdb_env_close() must be called to
             // discard the MDB_env handle." The catch below does it.
-            try check(mdb_env_open(env, realPath, UInt32(MDB_NOTLS), mdb_mode_t(options.fileMode)))
+            let flags = UInt32(MDB_NOTLS) | (options.readAhead ? 0 : UInt32(MDB_NORDAHEAD))
+            try check(mdb_env_open(env, realPath, flags, mdb_mode_t(options.fileMode)))
             // Free the reader slots of dead processes, which would pin old pages and grow the file.
             var staleReaders: Int32 = 0
             try check(mdb_reader_check(env, &staleReaders))
@@ -249,6 +255,16 @@ public final class Environment: @unchecked Sendable {
         /// Reader slots used so far: a high-water mark of the reader table (`me_numreaders`), not
         /// the transactions open now (with `MDB_NOTLS` a read transaction frees its slot at its end).
         public let numReaders: Int
+    }
+
+    /// Whether the kernel reads ahead on the map: false when opened with `readAhead: false`
+    /// (`mdb_env_get_flags` shows `MDB_NORDAHEAD`).
+    public func readsAhead() throws -> Bool {
+        try acquire()
+        defer { release() }
+        var flags: UInt32 = 0
+        try check(mdb_env_get_flags(handle, &flags))
+        return flags & UInt32(MDB_NORDAHEAD) == 0
     }
 
     public func info() throws -> Info {

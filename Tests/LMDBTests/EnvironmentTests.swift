@@ -23,6 +23,19 @@ import Testing
         }
     }
 
+    @Test func readAheadIsOnByDefaultAndOffWhenAsked() throws {
+        try withTemporaryDirectory { directory in
+            let plain = try Environment(path: directory + "/plain", databases: ["main"])
+            defer { plain.close() }
+            #expect(try plain.readsAhead())
+            let random = try Environment(path: directory + "/random", options: .init(readAhead: false), databases: ["main"])
+            defer { random.close() }
+            #expect(try !random.readsAhead())
+            try random.write { txn in try txn.put(bytes("v"), forKey: bytes("k"), in: random.database("main")) }
+            try random.read { txn in try #expect(txn.value(forKey: bytes("k"), in: random.database("main")) == bytes("v")) }
+        }
+    }
+
     @Test func createsMissingDirectoriesWithMode0700AndFilesWithFileMode() throws {
         try withTemporaryDirectory { directory in
             let path = directory + "/a/b/env"

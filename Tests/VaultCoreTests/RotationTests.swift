@@ -96,10 +96,13 @@ import Sodium
         for i in 0..<300 { _ = try await tv.vault.write(try newRecord("s\(i % 3)", #"{"n":\#(i)}"#), tenant: acme, actor: agent) }
         _ = try await tv.vault.erase(subject: try Subject("s0"), reference: nil, tenant: acme, actor: admin)
         _ = try await tv.vault.erase(subject: try Subject("s1"), reference: nil, tenant: acme, actor: admin)
+        #expect(try !tv.vault.writer.stores.keystore.readsAhead() && !tv.vault.writer.stores.records.readsAhead())
         let (before, after) = try await tv.vault.compact()
         #expect(after < before)
         #expect(try await tv.vault.records(of: try Subject("s2"), tenant: acme, actor: agent).count == 100)
         #expect(try await tv.vault.verifyAudit().isIntact)
+        // The compacted keystore is opened as the original was: read-ahead off (random access).
+        #expect(try !tv.vault.writer.stores.keystore.readsAhead())
         tv.vault.close()
     }
 }

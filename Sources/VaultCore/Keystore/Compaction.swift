@@ -50,7 +50,7 @@ struct Compaction {
     }
 
     private func reopen(_ path: String) throws {
-        let env = try Environment(path: path, options: .init(mapSize: configuration.keystoreMapSize),
+        let env = try Environment(path: path, options: Vault.environmentOptions(mapSize: configuration.keystoreMapSize),
                                   databases: Layout.keystoreDatabases)
         stores.replaceKeystore(env)
     }
