@@ -75,7 +75,10 @@ final class Daemon: @unchecked Sendable {
         starts += 1
         let log = directory + "/serve-\(starts).log"
         logs.append(log)
-        pid = try spawn(["serve", "--data-dir", dataDirectory, "--key-file", keyFile, "--bucket-width", bucketWidth],
+        // Small rotation chunks: a kill during a rotation lands between or inside its many
+        // bounded transactions, not in one big one.
+        pid = try spawn(["serve", "--data-dir", dataDirectory, "--key-file", keyFile, "--bucket-width", bucketWidth,
+                         "--rotation-chunk", "300"],
                         stdout: log, stderr: log)
     }
 

@@ -34,6 +34,9 @@ public struct VaultConfiguration: Sendable {
     public var recordsMapSize: Int = 64 << 30
     /// Dead entries removed per sweep transaction.
     public var sweepBatchSize: Int = 5_000
+    /// Records a rotation re-wraps per write transaction: bounds the memory a rotation holds
+    /// in dirty pages (about 1 KiB per record), whatever the size of the vault.
+    public var rotationChunkSize: Int = 10_000
     public var clock: VaultClock = .system
     /// Called after each group commit with the operations it carried and the seconds its two
     /// commits (and their fsyncs) took: for metrics.
@@ -62,11 +65,14 @@ public struct VaultConfiguration: Sendable {
         }
         guard maxBatch >= 1 else { throw VaultError.invalidArgument("batch size must be at least 1") }
         guard sweepBatchSize >= 1 else { throw VaultError.invalidArgument("sweep batch size must be at least 1") }
+        guard rotationChunkSize >= 1 else { throw VaultError.invalidArgument("rotation chunk size must be at least 1") }
     }
 }
 
 /// Named points where a crash is simulated in tests (rotation and compaction).
 enum FaultPoint: Sendable, Equatable {
+    case rotationRingsOpened
+    case rotationChunkCommitted
     case rotationNextKeyWritten
     case rotationKeystoreCommitted
     case rotationKeyPromoted
@@ -80,6 +86,8 @@ enum FaultPoint: Sendable, Equatable {
 public final class Vault: Sendable {
     let writer: GroupCommitWriter
     let tokens: TokenTable
+    /// Runs multi-step maintenance (rotation) one at a time.
+    let maintenance = SerialGate()
     private let lock: DirectoryLock
     public let dataDirectory: String
     /// The configuration in force: `bucketWidthSeconds` is the width recorded in the vault.

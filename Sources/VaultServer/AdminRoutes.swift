@@ -70,6 +70,9 @@ extension VaultServer {
         router.post("/v1/admin/rotate") { request, context -> Response in
             let p = try self.operatorPrincipal(request)
             let s = try await maintenance("rotation", context.logger) { try await self.vault.rotate(actor: p.actor) }
+            for line in s.skipped {
+                context.logger.warning("rotation skipped a damaged key", metadata: ["key": "\(line)"])
+            }
             return jsonResponse { w in
                 w.beginObject()
                 w.field("buckets_rekeyed", Int64(s.bucketsRekeyed))
@@ -79,6 +82,11 @@ extension VaultServer {
                 w.uint(s.masterGeneration)
                 w.field("keystore_bytes_before", Int64(s.keystoreBytesBefore))
                 w.field("keystore_bytes_after", Int64(s.keystoreBytesAfter))
+                w.field("rewrap_transactions", Int64(s.rewrapTransactions))
+                w.key("skipped")
+                w.beginArray()
+                for line in s.skipped { w.string(line) }
+                w.endArray()
                 w.endObject()
             }
         }

@@ -197,8 +197,12 @@ struct DecoderFuzzer {
             return try buffer(row.encode()) { try TenantRow.decode($0) } == row ? nil : "re-encoding decodes differently"
         }
 
-        let buckets = (0..<16).map { _ in
-            BucketRow(version: UInt32(truncatingIfNeeded: rng.edgy64()), dirty: rng.chance(0.5), wrappedBK: rng.bytes(rng.pick([0, 73, 100]))).encode()
+        let buckets = try (0..<16).map { i in
+            var row = BucketRow(version: UInt32(truncatingIfNeeded: rng.next() >> 33), dirty: rng.chance(0.5),
+                                wrappedBK: rng.bytes(rng.pick([0, 73, 100])))
+            // Half of them mid-rotation: a key ring of two versions (format 2).
+            if i % 2 == 1 { try row.add(.init(number: row.current.number + 1, wrappedBK: rng.bytes(rng.pick([0, 73])))) }
+            return row.encode()
         }
         run("BucketRow", make: { r in Self.fuzzInput(buckets, &r) }) { b in
             let row = try buffer(b) { try BucketRow.decode($0) }

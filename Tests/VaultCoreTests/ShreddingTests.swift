@@ -16,8 +16,7 @@ import Sodium
             let root = try t.rootKey(context)
             return try ids.map { id in
                 let m = try #require(try t.meta(id, in: ks, dbs: dbs))
-                let dek = try #require(try t.dataKey(id, m, root: root, in: ks, dbs: dbs))
-                return dek.bytes.withUnsafeBytes { Array($0) }
+                return try #require(try t.withDataKey(id, m, root: root, in: ks, dbs: dbs) { dek in dek.withUnsafeBytes { Array($0) } })
             }
         }
     }
@@ -50,9 +49,11 @@ import Sodium
                     return .continue
                 }
                 for (e, b) in buckets {
-                    keys.append(try KeyHierarchy.unwrap(b.wrappedBK, under: trk.bytes,
-                                                        ad: KeyHierarchy.bkAD(tenant: row.number, bucket: e, version: b.version,
-                                                                              trkGeneration: row.trkGeneration), what: "bk"))
+                    for v in b.versions {
+                        keys.append(try KeyHierarchy.unwrap(v.wrappedBK, under: trk.bytes,
+                                                            ad: KeyHierarchy.bkAD(tenant: row.number, bucket: e, version: v.number,
+                                                                                  trkGeneration: row.trkGeneration), what: "bk"))
+                    }
                 }
             }
         }
@@ -77,7 +78,9 @@ import Sodium
                 let m = try #require(try txn.withValue(forKey: Layout.recordKey(row.number, id), in: dbs.records) { b in try b.map(RecordMeta.decode) })
                 out.append((m.wrappedDEK, KeyHierarchy.dekAD(tenant: row.number, id: id, version: m.version, bucket: m.bucket, bucketVersion: m.bucketVersion)))
                 let b = try #require(try txn.withValue(forKey: Layout.bucketKey(row.number, m.bucket), in: dbs.buckets) { b in try b.map(BucketRow.decode) })
-                out.append((b.wrappedBK, KeyHierarchy.bkAD(tenant: row.number, bucket: m.bucket, version: b.version, trkGeneration: row.trkGeneration)))
+                for v in b.versions {
+                    out.append((v.wrappedBK, KeyHierarchy.bkAD(tenant: row.number, bucket: m.bucket, version: v.number, trkGeneration: row.trkGeneration)))
+                }
             }
             return out
         }
@@ -164,6 +167,51 @@ import Sodium
         let liveChain = try Self.oldChainCurrent(tv: tv, ids: others)
         let opened = liveChain.filter { (blob, ad) in reachable.contains { Self.opens(blob, ad: ad, with: $0) } }
         #expect(opened.count == liveChain.count)
+    }
+
+    /// A rotation interrupted after its first chunk leaves a ring whose new version already
+    /// wraps some DEKs. An erasure of those records before the next rotation must be shredded
+    /// by that rotation too: it finishes the ring, then re-keys the bucket again, so the version
+    /// that wrapped the erased DEKs is gone as well.
+    @Test func anErasureDuringAnInterruptedRotationIsShreddedByTheNextOne() async throws {
+        let tv = try TestVault(rotationChunkSize: 2, faults: RotationTests.crash(at: .rotationChunkCommitted))
+        let acme = tenant("acme")
+        _ = try await tv.vault.createTenant(acme, actor: .system)
+        var victims: [RecordID] = []
+        var others: [RecordID] = []
+        for i in 0..<2 {
+            tv.clock.advance(milliseconds: 1)
+            victims.append(try await tv.vault.write(try newRecord("victim-42", #"{"secret":\#(i)}"#), tenant: acme, actor: agent).id)
+        }
+        for i in 0..<4 {
+            tv.clock.advance(milliseconds: 1)
+            others.append(try await tv.vault.write(try newRecord("other-7", #"{"note":\#(i)}"#), tenant: acme, actor: agent).id)
+        }
+        tv.clock.advance(milliseconds: 1)
+        _ = try await tv.vault.write(try newRecord("dirt", "{}"), tenant: acme, actor: agent)
+        _ = try await tv.vault.erase(subject: try Subject("dirt"), reference: nil, tenant: acme, actor: admin)
+        await #expect(throws: (any Error).self) { try await tv.vault.rotate() }
+
+        let vault = try tv.reopen()
+        // The first chunk re-wrapped the two victims (the oldest ids) to version 2.
+        let victimKeys = try await Self.dataKeys(vault, tenant: acme, ids: victims)
+        for id in victims { #expect(try await KeyRingTests.meta(vault, tenant: acme, id).bucketVersion == 2) }
+        let backup = tv.dir.path + "/backup-before-erasure"
+        try Self.copyDirectory(tv.dir.data, to: backup)
+        _ = try await vault.erase(subject: try Subject("victim-42"), reference: nil, tenant: acme, actor: admin)
+        let summary = try await vault.rotate()
+        #expect(summary.bucketsRekeyed == 1)  // the second pass: the resumed ring, dirtied again
+        for id in others { #expect(try await vault.read(id, tenant: acme, actor: agent).subject.text == "other-7") }
+        vault.close()
+
+        let chain = try Self.oldChain(keystore: backup + "/keystore", tenant: "acme", ids: victims)
+        let reachable = try Self.reachableKeys(keystore: tv.dir.data + "/keystore", keyFile: tv.dir.keyFile)
+        for (blob, ad) in chain {
+            for key in reachable { #expect(!Self.opens(blob, ad: ad, with: key)) }
+        }
+        for (path, bytes) in try allFiles(under: backup) + (try allFiles(under: tv.dir.data)) {
+            for dek in victimKeys { #expect(!contains(bytes, dek), "raw DEK bytes found in \(path)") }
+        }
     }
 
     /// The live wrapped DEKs of `ids` in the current keystore, with their ADs (positive control).

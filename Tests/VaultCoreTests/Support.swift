@@ -38,7 +38,8 @@ struct TestVault {
     let vault: Vault
 
     init(bucketWidthSeconds: Int64? = 86_400, maxBatch: Int = 256, sweepBatchSize: Int = 5_000,
-         recordsMapSize: Int = 1 << 30, faults: (@Sendable (FaultPoint) throws -> Void)? = nil) throws {
+         recordsMapSize: Int = 1 << 30, rotationChunkSize: Int = 10_000,
+         faults: (@Sendable (FaultPoint) throws -> Void)? = nil) throws {
         dir = TemporaryDirectory()
         clock = ManualClock()
         try FileManager.default.createDirectory(atPath: dir.path + "/keys", withIntermediateDirectories: true,
@@ -46,6 +47,7 @@ struct TestVault {
         configuration = VaultConfiguration(bucketWidthSeconds: bucketWidthSeconds, maxBatch: maxBatch,
                                            keystoreMapSize: 256 << 20, recordsMapSize: recordsMapSize,
                                            sweepBatchSize: sweepBatchSize, clock: clock.vaultClock)
+        configuration.rotationChunkSize = rotationChunkSize
         configuration.faultInjector = faults
         vault = try Vault.create(dataDirectory: dir.data, masterKeyFile: dir.keyFile, configuration: configuration)
     }

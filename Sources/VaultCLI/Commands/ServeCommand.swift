@@ -56,6 +56,12 @@ struct ServeCommand: AsyncParsableCommand {
                                valueName: "duration"))
     var requestTimeout: String?
 
+    @Option(name: .customLong("rotation-chunk"),
+            help: ArgumentHelp("Records a rotation re-wraps per write transaction (default 10000): bounds the "
+                               + "memory a rotation needs; other requests are served between chunks.",
+                               valueName: "n"))
+    var rotationChunk: Int?
+
     /// The options, checked and converted.
     struct Settings {
         var socketPath: String
@@ -78,6 +84,10 @@ struct ServeCommand: AsyncParsableCommand {
             guard bytes >= 1 << 20 else { throw ValidationError("--map-size must be at least 1M") }
             vault.keystoreMapSize = bytes
             vault.recordsMapSize = bytes
+        }
+        if let rotationChunk {
+            guard rotationChunk >= 1 else { throw ValidationError("--rotation-chunk must be at least 1") }
+            vault.rotationChunkSize = rotationChunk
         }
         var body = 1 << 20
         if let maxBody {

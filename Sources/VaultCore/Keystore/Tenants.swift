@@ -55,29 +55,44 @@ struct ResolvedTenant {
         return try subject.bytes.withUnsafeBytes { try KeyedHash.hash($0, key: sbk.bytes, outputCount: 16) }
     }
 
-    /// The bucket row and unwrapped key of bucket `e`, or nil when it does not exist (expired).
-    func bucket(_ e: UInt64, root: Key, in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> (BucketRow, Key)? {
-        let row: BucketRow? = try txn.withValue(forKey: Layout.bucketKey(number, e), in: dbs.buckets) { b in
-            try b.map(BucketRow.decode)
-        }
-        guard let row else { return nil }
-        let key = try unwrapKey(row.wrappedBK, under: root.bytes,
-                                          ad: KeyHierarchy.bkAD(tenant: number, bucket: e, version: row.version,
-                                                                trkGeneration: self.row.trkGeneration),
-                                          what: "bucket key \(e) v\(row.version) of tenant \(slug)")
-        return (row, key)
+    /// The key ring of bucket `e`, or nil when the bucket does not exist (expired).
+    func bucketRow(_ e: UInt64, in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> BucketRow? {
+        try txn.withValue(forKey: Layout.bucketKey(number, e), in: dbs.buckets) { b in try b.map(BucketRow.decode) }
     }
 
-    /// The bucket's key, created (version 1) when the bucket is new.
+    /// One version of bucket `e`'s key, unwrapped under the tenant root key.
+    func bucketKey(_ e: UInt64, _ version: BucketRow.Version, root: Key) throws -> Key {
+        try unwrapKey(version.wrappedBK, under: root.bytes,
+                      ad: KeyHierarchy.bkAD(tenant: number, bucket: e, version: version.number,
+                                            trkGeneration: row.trkGeneration),
+                      what: "bucket key \(e) v\(version.number) of tenant \(slug)")
+    }
+
+    /// The key of bucket `e` that opens data keys wrapped under `version`; nil when the bucket
+    /// does not exist (expired). A version the ring no longer holds (trimmed by a rotation) is
+    /// an integrity error naming the record: only a live DEK that a rotation missed has it.
+    func bucketKey(_ e: UInt64, version: UInt32, for id: RecordID, root: Key, in txn: borrowing Transaction,
+                   dbs: KeystoreDatabases) throws -> Key? {
+        guard let row = try bucketRow(e, in: txn, dbs: dbs) else { return nil }
+        guard let v = row.version(version) else {
+            throw VaultError.integrity("record \(id): bucket key \(e) v\(version) of tenant \(slug) is gone (its ring holds "
+                                       + "v\(row.minimumDecryptionVersion)...v\(row.current.number))")
+        }
+        return try bucketKey(e, v, root: root)
+    }
+
+    /// The bucket's current version and key, created (version 1) when the bucket is new.
     func bucketCreatingIfNeeded(_ e: UInt64, root: Key, in txn: borrowing Transaction,
-                                dbs: KeystoreDatabases) throws -> (BucketRow, Key) {
-        if let existing = try bucket(e, root: root, in: txn, dbs: dbs) { return existing }
+                                dbs: KeystoreDatabases) throws -> (version: UInt32, key: Key) {
+        if let existing = try bucketRow(e, in: txn, dbs: dbs) {
+            return (existing.current.number, try bucketKey(e, existing.current, root: root))
+        }
         let key = try Key.random()
         let row = BucketRow(version: 1, dirty: false, wrappedBK: try KeyHierarchy.wrap(
             key.bytes, under: root.bytes,
             ad: KeyHierarchy.bkAD(tenant: number, bucket: e, version: 1, trkGeneration: self.row.trkGeneration)))
         try txn.put(row.encode(), forKey: Layout.bucketKey(number, e), in: dbs.buckets)
-        return (row, key)
+        return (1, key)
     }
 
     /// Marks a bucket dirty: a DEK under it was destroyed, so the next rotation re-keys it.

@@ -128,32 +128,43 @@ extension ResolvedTenant {
         return m
     }
 
-    /// Unwraps the record's DEK through its bucket key.
-    func dataKey(_ id: RecordID, _ m: RecordMeta, root: Key, in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> Key? {
-        guard let (row, bk) = try bucket(m.bucket, root: root, in: txn, dbs: dbs) else { return nil }
-        guard row.version == m.bucketVersion else {
-            throw VaultError.integrity("record \(id): bucket key version \(m.bucketVersion) is gone (current \(row.version))")
-        }
-        return try KeyHierarchy.unwrap(m.wrappedDEK, under: bk.bytes,
-                                       ad: KeyHierarchy.dekAD(tenant: number, id: id, version: m.version,
-                                                              bucket: m.bucket, bucketVersion: m.bucketVersion),
-                                       what: "data key of record \(id)")
+    /// The associated data of a record's wrapped DEK under bucket `e` version `v`.
+    func dekAD(_ id: RecordID, _ m: RecordMeta, bucket e: UInt64, bucketVersion v: UInt32) -> [UInt8] {
+        KeyHierarchy.dekAD(tenant: number, id: id, version: m.version, bucket: e, bucketVersion: v)
     }
 
     /// Lends the record's DEK (unwrapped into the cache's scratch buffer when there is a
-    /// cache); nil when its bucket key is gone (expired).
+    /// cache), opened under `bucketKey`, the key of the bucket version it is wrapped under.
+    func withDataKey<R>(_ id: RecordID, _ m: RecordMeta, bucketKey: Key, _ body: (borrowing SecretBytes) throws -> R) throws -> R {
+        let ad = dekAD(id, m, bucket: m.bucket, bucketVersion: m.bucketVersion)
+        if let cache {
+            return try cache.withUnwrapped(m.wrappedDEK, under: bucketKey.bytes, ad: ad, what: "data key of record \(id)", body)
+        }
+        let dek = try KeyHierarchy.unwrap(m.wrappedDEK, under: bucketKey.bytes, ad: ad, what: "data key of record \(id)")
+        return try body(dek.bytes)
+    }
+
+    /// Lends the record's DEK, through the version of its bucket's key ring it is wrapped
+    /// under; nil when its bucket key is gone (expired).
     func withDataKey<R>(_ id: RecordID, _ m: RecordMeta, root: Key, in txn: borrowing Transaction, dbs: KeystoreDatabases,
                         _ body: (borrowing SecretBytes) throws -> R) throws -> R? {
-        guard let (row, bk) = try bucket(m.bucket, root: root, in: txn, dbs: dbs) else { return nil }
-        guard row.version == m.bucketVersion else {
-            throw VaultError.integrity("record \(id): bucket key version \(m.bucketVersion) is gone (current \(row.version))")
+        guard let bk = try bucketKey(m.bucket, version: m.bucketVersion, for: id, root: root, in: txn, dbs: dbs) else {
+            return nil
         }
-        let ad = KeyHierarchy.dekAD(tenant: number, id: id, version: m.version, bucket: m.bucket, bucketVersion: m.bucketVersion)
-        if let cache {
-            return try cache.withUnwrapped(m.wrappedDEK, under: bk.bytes, ad: ad, what: "data key of record \(id)", body)
-        }
-        let dek = try KeyHierarchy.unwrap(m.wrappedDEK, under: bk.bytes, ad: ad, what: "data key of record \(id)")
-        return try body(dek.bytes)
+        return try withDataKey(id, m, bucketKey: bk, body)
+    }
+
+    /// The one re-wrap step (rotation re-keying a bucket, the sweep moving a held record into
+    /// the holding bucket): opens the DEK under `from`, the key of the version it is wrapped
+    /// under now, and wraps it under `key`, version `version` of bucket `bucket`. Updates `m`;
+    /// the caller stores it (and moves the bucket index entry when the bucket changes).
+    func rewrapDataKey(_ id: RecordID, _ m: inout RecordMeta, from: Key, toBucket bucket: UInt64, version: UInt32,
+                       key: Key) throws {
+        let newAD = dekAD(id, m, bucket: bucket, bucketVersion: version)
+        let wrapped = try withDataKey(id, m, bucketKey: from) { dek in try KeyHierarchy.wrap(dek, under: key.bytes, ad: newAD) }
+        m.bucket = bucket
+        m.bucketVersion = version
+        m.wrappedDEK = wrapped
     }
 
     /// Decrypts a live record.
@@ -188,8 +199,8 @@ extension ResolvedTenant {
     func store(_ id: RecordID, meta m: inout RecordMeta, subject: SensitiveBytes, data: SensitiveBytes, root: Key,
                keystore: borrowing Transaction, records: borrowing Transaction, dbs: KeystoreDatabases,
                ciphertexts: Database) throws {
-        let (bucketRow, bk) = try bucketCreatingIfNeeded(m.bucket, root: root, in: keystore, dbs: dbs)
-        m.bucketVersion = bucketRow.version
+        let (bucketVersion, bk) = try bucketCreatingIfNeeded(m.bucket, root: root, in: keystore, dbs: dbs)
+        m.bucketVersion = bucketVersion
         let ad = KeyHierarchy.recordAD(tenant: number, id: id, version: m.version, digest: m.digest(tenant: number, id: id))
         let dekAD = KeyHierarchy.dekAD(tenant: number, id: id, version: m.version, bucket: m.bucket, bucketVersion: m.bucketVersion)
         let seal = { (dek: borrowing SecretBytes) throws -> ([UInt8], [UInt8]) in

@@ -97,14 +97,10 @@ struct Sweeper {
                         for id in try ids(inBucket: e, of: t, in: txn, limit: .max) {
                             guard var m = try t.meta(id, in: txn, dbs: dbs),
                                   try t.isHeld(id, tag: m.tag, expiresAt: m.expiresAt, in: txn, dbs: dbs) else { continue }
-                            guard let dek = try t.dataKey(id, m, root: root, in: txn, dbs: dbs) else { continue }
-                            let (hold, holdKey) = try t.bucketCreatingIfNeeded(Layout.holdingBucket, root: root, in: txn, dbs: dbs)
-                            m.bucket = Layout.holdingBucket
-                            m.bucketVersion = hold.version
-                            m.wrappedDEK = try KeyHierarchy.wrap(
-                                dek.bytes, under: holdKey.bytes,
-                                ad: KeyHierarchy.dekAD(tenant: t.number, id: id, version: m.version,
-                                                       bucket: m.bucket, bucketVersion: m.bucketVersion))
+                            guard let from = try t.bucketKey(e, version: m.bucketVersion, for: id, root: root, in: txn, dbs: dbs)
+                            else { continue }
+                            let (version, holdKey) = try t.bucketCreatingIfNeeded(Layout.holdingBucket, root: root, in: txn, dbs: dbs)
+                            try t.rewrapDataKey(id, &m, from: from, toBucket: Layout.holdingBucket, version: version, key: holdKey)
                             try txn.put(m.encode(), forKey: Layout.recordKey(t.number, id), in: dbs.records)
                             try txn.delete(key: Layout.byBucketKey(t.number, e, id), in: dbs.byBucket)
                             try txn.put([], forKey: Layout.byBucketKey(t.number, m.bucket, id), in: dbs.byBucket)

@@ -39,28 +39,108 @@ struct TenantRow: Equatable {
     }
 }
 
+/// A bucket's key ring (HashiCorp Vault's key policies, `keysutil/policy.go`): the key
+/// versions that may still open data keys of this bucket, oldest first. New data keys are
+/// wrapped under the newest (`current`); the oldest is the minimum decryption version.
+///
+/// A ring holds one version, except while a rotation re-keys the bucket: the new version is
+/// added, live data keys are re-wrapped to it in bounded transactions, and the previous
+/// version is then trimmed (deleted for good, as Vault's `path_trim.go`).
+///
+/// Stored as format 1 (one version: version, dirty, wrapped key — the format written before
+/// rings) or format 2 (dirty, then two versions, ascending).
 struct BucketRow: Equatable {
-    var version: UInt32
+    struct Version: Equatable {
+        var number: UInt32
+        /// The bucket key of this version, sealed under the tenant root key.
+        var wrappedBK: [UInt8]
+    }
+
+    /// Ascending by `number`; never empty.
+    private(set) var versions: [Version]
     /// Set when a DEK under this bucket key was destroyed (erasure, deletion, correction):
     /// the next rotation re-keys the bucket so the old wrapped DEK can never be opened.
     var dirty: Bool
-    var wrappedBK: [UInt8]
 
     static let format: UInt8 = 1
+    static let ringFormat: UInt8 = 2
+    /// Versions a ring may hold: the current and, during a re-key, the previous one.
+    static let maximumVersions = 2
+
+    init(version: UInt32, dirty: Bool, wrappedBK: [UInt8]) {
+        versions = [Version(number: version, wrappedBK: wrappedBK)]
+        self.dirty = dirty
+    }
+
+    init(versions: [Version], dirty: Bool) throws {
+        guard !versions.isEmpty, versions.count <= Self.maximumVersions,
+              zip(versions, versions.dropFirst()).allSatisfy({ $0.number < $1.number })
+        else { throw VaultError.corrupt("bucket row: bad key ring") }
+        self.versions = versions
+        self.dirty = dirty
+    }
+
+    /// The version new data keys are wrapped under.
+    var current: Version { versions[versions.count - 1] }
+    /// The oldest version still able to open data keys.
+    var minimumDecryptionVersion: UInt32 { versions[0].number }
+    /// True while a rotation re-keys the bucket (a previous version is still in the ring).
+    var isRekeying: Bool { versions.count > 1 }
+
+    func version(_ number: UInt32) -> Version? { versions.first { $0.number == number } }
+
+    /// Adds `next` as the current version, keeping the current one as the previous.
+    mutating func add(_ next: Version) throws {
+        try self = BucketRow(versions: versions + [next], dirty: dirty)
+    }
+
+    /// Removes every version but the current one.
+    mutating func trim() { versions = [current] }
+
+    /// Replaces the wrapped key of every version (a tenant root key renewal re-wraps them all).
+    mutating func rewrapVersions(_ wrap: (Version) throws -> [UInt8]) rethrows {
+        for i in versions.indices { versions[i].wrappedBK = try wrap(versions[i]) }
+    }
 
     func encode() -> [UInt8] {
-        var w = ByteWriter(capacity: 84)
-        w.u8(Self.format)
-        w.u32(version)
+        var w = ByteWriter(capacity: 84 * versions.count)
+        if versions.count == 1 {
+            w.u8(Self.format)
+            w.u32(current.number)
+            w.u8(dirty ? 1 : 0)
+            w.field(current.wrappedBK)
+            return w.bytes
+        }
+        w.u8(Self.ringFormat)
         w.u8(dirty ? 1 : 0)
-        w.field(wrappedBK)
+        w.u8(UInt8(versions.count))
+        for v in versions {
+            w.u32(v.number)
+            w.field(v.wrappedBK)
+        }
         return w.bytes
     }
 
     static func decode(_ b: UnsafeRawBufferPointer) throws -> BucketRow {
         var r = ByteReader(b, what: "bucket row")
-        try r.format(format)
-        let row = BucketRow(version: try r.u32(), dirty: try r.u8() != 0, wrappedBK: try r.field())
+        let row: BucketRow
+        switch b.first {
+        case format:
+            try r.format(format)
+            row = BucketRow(version: try r.u32(), dirty: try r.u8() != 0, wrappedBK: try r.field())
+        case ringFormat:
+            try r.format(ringFormat)
+            let dirty = try r.u8() != 0
+            let count = Int(try r.u8())
+            // A one-version ring is stored as format 1: format 2 always holds a previous version.
+            guard count >= 2 && count <= maximumVersions else { throw VaultError.corrupt("bucket row: bad key ring") }
+            var versions: [Version] = []
+            for _ in 0..<count { versions.append(Version(number: try r.u32(), wrappedBK: try r.field())) }
+            row = try BucketRow(versions: versions, dirty: dirty)
+        default:
+            try r.format(format)  // throws, naming the unknown version
+            throw VaultError.corrupt("bucket row")
+        }
         try r.end()
         return row
     }
