@@ -180,6 +180,13 @@ public final class Environment: @unchecked Sendable {
     /// - Precondition: not called from inside another `write` on the same thread (LMDB's writer
     ///   mutex would deadlock); use ``Transaction/withChild(_:)`` for a nested transaction.
     public func write<R>(_ body: (borrowing Transaction) throws -> R) throws -> R {
+        try write(recordingInto: nil, body)
+    }
+
+    /// ``write(_:)``, recording every put, delete and drop of the transaction (and of its committed
+    /// children) into `log`, in order. The log is left as it is when the transaction fails: the
+    /// caller discards it.
+    public func write<R>(recordingInto log: ChangeLog?, _ body: (borrowing Transaction) throws -> R) throws -> R {
         try acquire()
         defer { release() }
         let me = pthread_self()
@@ -194,7 +201,9 @@ public final class Environment: @unchecked Sendable {
         state.withLock { $0.writer = me }
         defer { state.withLock { $0.writer = nil } }
 
-        return try Transaction(handle: txn!, environment: handle, isReadOnly: false).complete(body)
+        return try withExtendedLifetime(log) {
+            try Transaction(handle: txn!, environment: handle, isReadOnly: false, log: log).complete(body)
+        }
     }
 
     /// Writes a consistent copy of the environment to `data.mdb` in the directory at `path`

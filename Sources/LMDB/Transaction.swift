@@ -13,12 +13,19 @@ public struct Transaction: ~Copyable {
     internal let handle: OpaquePointer
     internal let environment: OpaquePointer
     private let readOnly: Bool
+    /// Where every change is recorded (a journal's change set), or nil. Unmanaged because
+    /// `discard self` (in `commit`/`abort`) needs trivially destroyed stored properties; the log
+    /// outlives the transaction: `Environment.write(recordingInto:_:)` holds it for the whole call.
+    private let recorder: Unmanaged<ChangeLog>?
 
-    internal init(handle: OpaquePointer, environment: OpaquePointer, isReadOnly: Bool) {
+    internal init(handle: OpaquePointer, environment: OpaquePointer, isReadOnly: Bool, log: ChangeLog? = nil) {
         self.handle = handle
         self.environment = environment
         self.readOnly = isReadOnly
+        self.recorder = log.map { Unmanaged.passUnretained($0) }
     }
+
+    internal var log: ChangeLog? { recorder?.takeUnretainedValue() }
 
     deinit {
         mdb_txn_abort(handle)
@@ -101,6 +108,7 @@ public struct Transaction: ~Copyable {
         var keyVal = MDB_val(key)
         var valueVal = MDB_val(value)
         try check(mdb_put(handle, dbi, &keyVal, &valueVal, flags.rawValue))
+        log?.recordPut(db, key: key, value: value)
     }
 
     /// Reserves `count` bytes for the value of `key` in the map (`MDB_RESERVE`) and lets `fill`
@@ -125,6 +133,7 @@ public struct Transaction: ~Copyable {
                 reserved.initializeMemory(as: UInt8.self, repeating: 0)
                 throw error
             }
+            log?.recordPut(db, key: key, value: UnsafeRawBufferPointer(reserved))
         }
     }
 
@@ -136,8 +145,13 @@ public struct Transaction: ~Copyable {
         return try key.withUnsafeBytes { key in
             var keyVal = MDB_val(key)
             let result = mdb_del(handle, dbi, &keyVal, nil)
-            if result == MDB_NOTFOUND { return false }
+            // Recorded found or not: a journal replayed on another copy deletes it there too.
+            if result == MDB_NOTFOUND {
+                log?.recordDelete(db, key: key)
+                return false
+            }
             try check(result)
+            log?.recordDelete(db, key: key)
             return true
         }
     }
@@ -145,6 +159,7 @@ public struct Transaction: ~Copyable {
     /// Empties the database, keeping it open (`mdb_drop` with `del` = 0).
     public func removeAll(in db: Database) throws {
         try check(mdb_drop(handle, dbi(of: db), 0))
+        log?.recordDrop(db)
     }
 
     // MARK: - Whole database
@@ -173,10 +188,19 @@ public struct Transaction: ~Copyable {
     /// While `body` runs, this (parent) transaction is blocked: LMDB answers ``LMDBError/badTxn`` to
     /// any use of it.
     /// - Throws: EINVAL on a read-only transaction.
+    ///
+    /// With a change log, the child records into it too, and an aborted child's records are
+    /// taken out again.
     public func withChild<R>(_ body: (borrowing Transaction) throws -> R) throws -> R {
         var child: OpaquePointer?
         try check(mdb_txn_begin(environment, handle, 0, &child))
-        return try Transaction(handle: child!, environment: environment, isReadOnly: false).complete(body)
+        let mark = log?.mark
+        do {
+            return try Transaction(handle: child!, environment: environment, isReadOnly: false, log: log).complete(body)
+        } catch {
+            if let mark { log?.rollBack(to: mark) }
+            throw error
+        }
     }
 
     /// Runs `body`, then commits; aborts (and rethrows) when `body` throws. `mdb_txn_commit`
