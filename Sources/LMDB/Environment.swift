@@ -243,6 +243,17 @@ public final class Environment: @unchecked Sendable {
         try Self.syncDirectory(Self.parent(of: path))
     }
 
+    /// Writes a consistent copy of the environment (compacted when `compact` is true) to an
+    /// open descriptor — a pipe, for a copy streamed elsewhere. The copy reads under one read
+    /// transaction, begun before the first byte is written: it is the state of the last commit
+    /// before the call, whatever is written meanwhile. Blocks until the copy is written or the
+    /// descriptor fails (a closed pipe: EPIPE). The descriptor stays open.
+    public func copy(toDescriptor fd: Int32, compact: Bool) throws {
+        try acquire()
+        defer { release() }
+        try check(mdb_env_copyfd2(handle, fd, compact ? UInt32(MDB_CP_COMPACT) : 0))
+    }
+
     /// Flushes the data to disk (`mdb_env_sync` with force). With default flags every commit is
     /// already durable; this matters only after a commit failed half-way.
     public func sync() throws {
