@@ -38,6 +38,11 @@ public struct VaultConfiguration: Sendable {
     /// in dirty pages (about 1 KiB per record), whatever the size of the vault.
     public var rotationChunkSize: Int = 10_000
     public var clock: VaultClock = .system
+    /// The journal every write is appended to (DESIGN.md, Journal); nil: none (one copy of the
+    /// data, on this disk).
+    public var journal: JournalSettings? = nil
+    /// Open a vault that wrote a journal without one: its journal falls behind from here on.
+    public var detachJournal = false
     /// Called after each group commit with the operations it carried and the seconds its two
     /// commits (and their fsyncs) took: for metrics.
     public var commitObserver: (@Sendable (_ operations: Int, _ seconds: Double) -> Void)? = nil
@@ -190,15 +195,39 @@ public final class Vault: Sendable {
             let width = storedWidth ?? configuration.bucketWidthSeconds
             configuration.requestedBucketWidthSeconds = width
             let file = MasterKeyFile(path: masterKeyFile)
-            let (key, generation) = try initialise
+            // The journal first: what it holds beyond this vault is replayed before the key
+            // file is settled (a replayed rotation moves it).
+            var attached: AttachedJournal?
+            if let settings = configuration.journal {
+                if initialise { _ = try initialiseKeystore(stores, file: file, bucketWidthSeconds: width) }
+                attached = try attachJournal(settings, stores: stores, file: file)
+            } else if !initialise, let row = try keystore.read({ try journalRow(in: $0, meta: stores.ks.meta) }) {
+                guard configuration.detachJournal else {
+                    throw VaultError.journal("this vault writes a journal (last change set \(row.sequence)); open it with "
+                                             + "its journal (--journal), or with --detach-journal to go on without one")
+                }
+                try keystore.write { try $0.delete(key: metaJournal, in: stores.ks.meta) }
+            }
+            let (key, generation) = try initialise && attached == nil
                 ? initialiseKeystore(stores, file: file, bucketWidthSeconds: width)
                 : loadMasterKey(stores, file: file)
+            if let attached {
+                let row = try keystore.read { try journalRow(in: $0, meta: stores.ks.meta) }
+                stores.journal = try JournalWriter(backend: attached.backend, vaultID: attached.vaultID,
+                                                   sequence: row?.sequence ?? 0, epoch: generation, master: key, stores: stores)
+            }
             if !initialise && storedWidth == nil {
                 // A vault created before the width was recorded: it has been running with the
                 // width it is opened with now (P1D unless one is asked for), so that is its width.
-                try keystore.write { txn in
+                try stores.write { txn, _ in
                     try txn.put(encodeBucketWidth(width), forKey: metaBucketWidth, in: stores.ks.meta)
                 }
+            }
+            if let attached, attached.needsSnapshot, let journal = stores.journal {
+                // A new journal, or a rotation that stopped before its snapshot: restore needs one.
+                configuration.journal?.progress?("taking a snapshot of the vault into the journal")
+                let info = try Snapshot.begin(stores, journal: journal, master: key).stream(to: journal.backend)
+                try pruneJournal(journal.backend, keeping: info)
             }
             let tokens = TokenTable()
             let tokenFailures = try loadTokens(stores, master: key, generation: generation, into: tokens)
@@ -210,6 +239,7 @@ public final class Vault: Sendable {
             return Vault(writer: writer, tokens: tokens, lock: lock, dataDirectory: dataDirectory, configuration: configuration,
                          tokenRowFailures: tokenFailures)
         } catch {
+            stores.journal?.close()
             keystore.close()
             records.close()
             throw VaultError.mapping(error)
@@ -314,6 +344,7 @@ public final class Vault: Sendable {
     /// Finishes queued operations, commits, closes both environments. Idempotent.
     public func close() {
         writer.close()
+        writer.stores.journal?.close()
         writer.stores.keystore.close()
         writer.stores.records.close()
         lock.release()

@@ -25,6 +25,9 @@ public enum VaultError: Error, Equatable, Sendable, CustomStringConvertible {
     case masterKey(String)
     /// The data directory is unsafe, unusable or held by another process.
     case dataDirectory(String)
+    /// The journal cannot take the change set (unreachable, full, fenced by a newer primary):
+    /// the batch failed and nothing of it was acknowledged.
+    case journal(String)
     /// A system call failed.
     case io(String)
 
@@ -42,6 +45,7 @@ public enum VaultError: Error, Equatable, Sendable, CustomStringConvertible {
         case .corrupt(let m): "corrupt data: \(m)"
         case .masterKey(let m): "master key: \(m)"
         case .dataDirectory(let m): "data directory: \(m)"
+        case .journal(let m): "journal: \(m)"
         case .io(let m): "I/O error: \(m)"
         }
     }

@@ -69,6 +69,7 @@ public struct Problem: HTTPResponseError, Sendable {
         case .legalHold(let m): return Problem(.conflict, m)
         case .storageFull: return Problem(.serviceUnavailable, "storage is full; nothing was written")
         case .shuttingDown: return Problem(.serviceUnavailable, "the vault is shutting down")
+        case .journal(let m): return Problem(.serviceUnavailable, "the journal cannot take writes (\(m)); nothing was written")
         case .integrity(let m): return Problem(.internalServerError, m)
         case .corrupt, .masterKey, .dataDirectory, .io: return Problem(.internalServerError, "internal error")
         }
@@ -94,6 +95,7 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
         } catch let e as VaultError {
             let p = Problem.from(e)
             if case .storageFull = e { storageFull.refused(context.logger) }
+            if case .journal(let m) = e { storageFull.journalRefused(m, context.logger) }
             if p.status == .internalServerError {
                 context.logger.error("request failed", metadata: ["route": "\(context.endpointPath ?? "-")", "error": "\(e)"])
             }
@@ -112,22 +114,34 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 }
 
-/// "Storage is full" in the log: the first refusal at once, then at most one line every ten
-/// seconds with the number refused since (a full disk under load must not fill the log too).
+/// "Storage is full" (or "the journal refuses") in the log: the first refusal at once, then at
+/// most one line every ten seconds with the number refused since (a full disk or an unreachable
+/// journal under load must not fill the log too).
 final class StorageFullLog: Sendable {
-    private let state = Locked<(last: ContinuousClock.Instant?, refused: Int)>((nil, 0))
+    private let storage = Locked<(last: ContinuousClock.Instant?, refused: Int)>((nil, 0))
+    private let journal = Locked<(last: ContinuousClock.Instant?, refused: Int)>((nil, 0))
 
-    func refused(_ logger: Logger) {
+    private static func due(_ state: Locked<(last: ContinuousClock.Instant?, refused: Int)>) -> Int? {
         let now = ContinuousClock.now
-        let report: Int? = state.withLock { s in
+        return state.withLock { s in
             s.refused += 1
             if let last = s.last, now - last < .seconds(10) { return nil }
             defer { s = (now, 0) }
             return s.refused
         }
-        if let report {
+    }
+
+    func refused(_ logger: Logger) {
+        if let report = Self.due(storage) {
             logger.warning("storage is full: writes are refused with 503 until space is freed (LMDB map size or disk)",
                            metadata: ["refused": "\(report)"])
+        }
+    }
+
+    func journalRefused(_ reason: String, _ logger: Logger) {
+        if let report = Self.due(journal) {
+            logger.warning("the journal refuses change sets: writes are refused with 503 until it takes them again",
+                           metadata: ["refused": "\(report)", "cause": "\(reason)"])
         }
     }
 }

@@ -82,7 +82,7 @@ final class Rotation: @unchecked Sendable {
         if pass == 1 { summary.keystoreBytesBefore = Compaction.fileSize(stores.keystore.path + "/data.mdb") }
         let dbs = stores.ks
         var rekeying = false
-        try stores.keystore.write { txn in
+        try stores.write { txn, _ in
             for t in try tenants(in: txn, dbs: dbs) {
                 let prefix = Layout.tenantKey(t.number)
                 var rows: [([UInt8], UInt64, BucketRow)] = []
@@ -132,7 +132,7 @@ final class Rotation: @unchecked Sendable {
         let dbs = stores.ks
         var budget = max(1, context.configuration.rotationChunkSize)
         var more = false
-        try stores.keystore.write { txn in
+        try stores.write { txn, _ in
             var tenants: [UInt32: ResolvedTenant] = [:]
             for t in try self.tenants(in: txn, dbs: dbs) { tenants[t.number] = t }
             // Rings still holding a previous version, from the cursor on.
@@ -233,7 +233,7 @@ final class Rotation: @unchecked Sendable {
         try state.masterKeyFile.write(key: newMaster.bytes, generation: generation, to: state.masterKeyFile.nextPath)
         try fault(.rotationNextKeyWritten, context)
 
-        try stores.keystore.write { txn in
+        try stores.write(carrying: (newMaster, generation)) { txn, _ in
             for t in try tenants(in: txn, dbs: dbs) {
                 let root: Key
                 do {
@@ -335,16 +335,23 @@ extension Vault {
             }
             try await performExclusive { stores, context in try rotation.renewRoots(stores, context) }
             try await performExclusive { stores, context in try rotation.compact(stores, context) }
+            if hasJournal {
+                // The new epoch starts with a snapshot under the new generation; the journal
+                // before it (sealed under the old one) goes.
+                _ = try await takeSnapshot()
+            }
             return rotation.summary
         }
     }
 
     /// Compacts the keystore alone (`mdb_env_copy2` with compaction, then a swap).
     public func compact() async throws -> (before: Int, after: Int) {
-        let sizes: [Int] = try await performExclusive { stores, context in
-            let before = Compaction.fileSize(stores.keystore.path + "/data.mdb")
-            try Compaction(stores: stores, configuration: context.configuration).run()
-            return [before, Compaction.fileSize(stores.keystore.path + "/data.mdb")]
+        let sizes: [Int] = try await maintenance.run {
+            try await self.performExclusive { stores, context in
+                let before = Compaction.fileSize(stores.keystore.path + "/data.mdb")
+                try Compaction(stores: stores, configuration: context.configuration).run()
+                return [before, Compaction.fileSize(stores.keystore.path + "/data.mdb")]
+            }
         }
         return (sizes[0], sizes[1])
     }

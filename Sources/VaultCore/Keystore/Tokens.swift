@@ -217,7 +217,7 @@ extension Vault {
     /// does not keep the vault from opening. (A damaged token hash key still does: it
     /// takes every token with it.)
     static func loadTokens(_ stores: Stores, master: Key, generation: UInt64, into table: TokenTable) throws -> [VaultError] {
-        try stores.keystore.write { txn in
+        try stores.write { txn, _ in
             let key: Key
             if let blob = try txn.value(forKey: metaTokenKey, in: stores.ks.meta) {
                 key = try unwrapTokenKey(blob, master: master, generation: generation)

@@ -51,7 +51,7 @@ struct Sweeper {
         try removeDeadEntries()
         try removeOrphans()
         summary.totalMilliseconds = elapsed()
-        try stores.keystore.write { txn in
+        try stores.write { txn, _ in
             try AuditLog.append(.init(tenant: nil, actor: actor, action: "sweep", target: nil,
                                       count: UInt64(summary.entriesRemoved + summary.heldRecordsExpired)),
                                 in: txn, dbs: dbs, context: context)
@@ -74,7 +74,7 @@ struct Sweeper {
         let width = context.configuration.bucketWidthSeconds * 1000
         var destroyed = 0, rewrapped = 0, heldExpired = 0
         var deletes: [[UInt8]] = []
-        try stores.keystore.write { txn in
+        try stores.write { txn, _ in
             for (slug, row) in try tenants(in: txn) where row.status == .active {
                 let t = ResolvedTenant(slug: slug, row: row)
                 let prefix = Layout.tenantKey(t.number)
@@ -148,7 +148,7 @@ struct Sweeper {
 
     private func deleteCiphertexts(_ keys: [[UInt8]]) throws {
         guard !keys.isEmpty else { return }
-        try stores.records.write { txn in
+        try stores.write { _, txn in
             for k in keys { try txn.delete(key: k, in: stores.rec) }
         }
     }
@@ -158,7 +158,7 @@ struct Sweeper {
         while true {
             var removed = 0
             var ciphertexts: [[UInt8]] = []
-            try stores.keystore.write { txn in
+            try stores.write { txn, _ in
                 var budget = batchSize
                 var dead: [(UInt32, UInt64)] = []
                 try txn.forEach(in: dbs.deadBuckets) { k, _ in

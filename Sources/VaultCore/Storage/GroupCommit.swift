@@ -39,6 +39,8 @@ final class Stores: @unchecked Sendable {
     let records: Environment
     private(set) var ks: KeystoreDatabases
     let rec: Database
+    /// The journal every write goes through (`write(carrying:_:)`); nil: none.
+    var journal: JournalWriter?
 
     init(keystore: Environment, records: Environment) {
         self.keystore = keystore
@@ -51,6 +53,7 @@ final class Stores: @unchecked Sendable {
     func replaceKeystore(_ env: Environment) {
         keystore = env
         ks = KeystoreDatabases(env)
+        journal?.keystoreReplaced(env)
     }
 }
 
@@ -261,42 +264,40 @@ final class GroupCommitWriter: @unchecked Sendable {
         var outcomes = [(any Error)?](repeating: nil, count: ops.count)
         let deletes = state.pendingCiphertextDeletes
         do {
-            try stores.keystore.write { ks in
-                try stores.records.write { rec in
-                    for key in deletes { try rec.delete(key: key, in: stores.rec) }
-                    for (i, op) in ops.enumerated() {
-                        if !isolated {
-                            do {
-                                try op.execute(keystore: ks, records: rec, context: context)
-                            } catch let r as AuditedRefusal {
-                                outcomes[i] = r.error
-                            } catch let r as NothingWritten {
-                                outcomes[i] = r.error
-                            }
-                            continue
-                        }
-                        let mark = context.mark()
+            try stores.write { ks, rec in
+                for key in deletes { try rec.delete(key: key, in: stores.rec) }
+                for (i, op) in ops.enumerated() {
+                    if !isolated {
                         do {
-                            let refusal: VaultError? = try ks.withChild { ksChild in
-                                try rec.withChild { recChild in
-                                    do {
-                                        try op.execute(keystore: ksChild, records: recChild, context: context)
-                                        return nil
-                                    } catch let r as AuditedRefusal {
-                                        return r.error
-                                    }
+                            try op.execute(keystore: ks, records: rec, context: context)
+                        } catch let r as AuditedRefusal {
+                            outcomes[i] = r.error
+                        } catch let r as NothingWritten {
+                            outcomes[i] = r.error
+                        }
+                        continue
+                    }
+                    let mark = context.mark()
+                    do {
+                        let refusal: VaultError? = try ks.withChild { ksChild in
+                            try rec.withChild { recChild in
+                                do {
+                                    try op.execute(keystore: ksChild, records: recChild, context: context)
+                                    return nil
+                                } catch let r as AuditedRefusal {
+                                    return r.error
                                 }
                             }
-                            outcomes[i] = refusal
-                        } catch {
-                            context.rollback(to: mark)
-                            outcomes[i] = VaultError.mapping(error)
                         }
+                        outcomes[i] = refusal
+                    } catch {
+                        context.rollback(to: mark)
+                        outcomes[i] = VaultError.mapping(error)
                     }
                 }
-                // The record store is durable here: deletions of earlier batches are done.
-                state.pendingCiphertextDeletes.removeFirst(deletes.count)
             }
+            // Both environments (and the journal) are durable: deletions of earlier batches are done.
+            state.pendingCiphertextDeletes.removeFirst(deletes.count)
         } catch {
             state.abandon(context)
             if !isolated { return nil }

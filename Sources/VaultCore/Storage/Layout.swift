@@ -12,6 +12,14 @@ enum Layout {
     ]
     static let recordsDatabases = [ciphertexts]
 
+    /// The one-byte code of each database in a journal's change sets (`ChangeLog`). Part of
+    /// the journal format: never renumber; a new database takes a new code.
+    static let keystoreCodes: [(String, UInt8)] = [
+        (meta, 1), (tenants, 2), (policies, 3), (extensions, 4), (holds, 5), (heldTargets, 6), (buckets, 7),
+        (deadBuckets, 8), (records, 9), (subjects, 10), (byBucket, 11), (audit, 12), (auditByTenant, 13), (tokens, 14),
+    ]
+    static let recordsCodes: [(String, UInt8)] = [(ciphertexts, 1)]
+
     // keystore/
     static let meta = "meta"                    // name → value (format, master key generation and check, counters)
     static let tenants = "tenants"              // slug → TenantRow

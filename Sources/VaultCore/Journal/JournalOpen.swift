@@ -1,0 +1,286 @@
+import LMDB
+import Sodium
+
+/// How a vault opens with its journal: the journal's identity is checked, what the journal holds
+/// beyond the vault's last change set is replayed, and a journal that cannot be trusted to hold
+/// everything the vault acknowledged is refused (DESIGN.md, Journal).
+public struct JournalSettings: Sendable {
+    public var location: JournalLocation
+    /// Start a new journal at this (empty) location from a snapshot of the vault, although the
+    /// vault wrote to another journal before.
+    public var startNew = false
+    /// Called with progress lines (snapshot bytes, change sets replayed): for the CLI.
+    public var progress: (@Sendable (String) -> Void)?
+
+    public init(location: JournalLocation, startNew: Bool = false, progress: (@Sendable (String) -> Void)? = nil) {
+        self.location = location
+        self.startNew = startNew
+        self.progress = progress
+    }
+}
+
+extension Vault {
+    static let metaJournal = Array("journal".utf8)
+    static let metaVaultID = Array("vault_id".utf8)
+    static let journalRowFormat: UInt8 = 1
+
+    /// The keystore's `journal` row: the last change set committed (format, sequence, epoch).
+    static func encodeJournalRow(sequence: UInt64, epoch: UInt64) -> [UInt8] {
+        [journalRowFormat] + .be(sequence) + .be(epoch)
+    }
+
+    static func journalRow(in txn: borrowing Transaction, meta: Database) throws -> (sequence: UInt64, epoch: UInt64)? {
+        guard let b = try txn.value(forKey: metaJournal, in: meta) else { return nil }
+        guard b.count == 17, b[0] == journalRowFormat else { throw VaultError.corrupt("the keystore's journal row") }
+        return b.withUnsafeBytes { (readBE($0, at: 1), readBE($0, at: 9)) }
+    }
+
+    /// The vault's id (16 random bytes, made the first time it is asked for).
+    static func vaultID(_ stores: Stores) throws -> [UInt8] {
+        if let id = try stores.keystore.read({ try $0.value(forKey: metaVaultID, in: stores.ks.meta) }) {
+            guard id.count == 16 else { throw VaultError.corrupt("the keystore's vault id") }
+            return id
+        }
+        let id = Random.bytes(count: 16)
+        try stores.keystore.write { try $0.put(id, forKey: metaVaultID, in: stores.ks.meta) }
+        return id
+    }
+
+    /// The master key that matches the keystore (the key file, or a `.next` file a rotation left
+    /// before renaming it), without changing any file: replay runs before `loadMasterKey`.
+    static func matchingMasterKey(_ stores: Stores, file: MasterKeyFile) throws -> (Key, UInt64) {
+        let check = try stores.keystore.read { try $0.value(forKey: metaMasterKey, in: stores.ks.meta) }
+        guard let check, check.count > 9 else { throw VaultError.dataDirectory("the keystore is not initialised") }
+        let generation = check[1..<9].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        for path in [file.path, file.nextPath] where Posix.exists(path) {
+            let loaded = try MasterKeyFile.load(path)
+            if loaded.generation == generation, checkMatches(check, key: loaded.key, generation: generation) {
+                return (Key(try loaded.key.copy()), generation)
+            }
+        }
+        if !Posix.exists(file.path) { throw VaultError.masterKey("cannot open \(file.path): no such file") }
+        throw VaultError.masterKey("\(file.path) does not match this keystore (it expects generation \(generation))")
+    }
+
+    /// What opening with a journal found: the backend (locked), the vault id, and whether a
+    /// snapshot must be taken before the vault answers (a new journal, or a rotation that
+    /// stopped before its snapshot).
+    struct AttachedJournal {
+        let backend: any JournalBackend
+        let vaultID: [UInt8]
+        let needsSnapshot: Bool
+    }
+
+    /// Checks the journal against the vault and replays what the vault lacks. Refuses a journal
+    /// of another vault, one that is behind the vault, or one that no longer holds the change sets
+    /// the vault needs.
+    static func attachJournal(_ settings: JournalSettings, stores: Stores, file: MasterKeyFile) throws -> AttachedJournal {
+        let backend = try settings.location.backend()
+        do {
+            let attached = try attach(backend, settings: settings, stores: stores, file: file)
+            return attached
+        } catch {
+            backend.close()
+            throw error
+        }
+    }
+
+    private static func attach(_ backend: any JournalBackend, settings: JournalSettings, stores: Stores,
+                               file: MasterKeyFile) throws -> AttachedJournal {
+        let where_ = settings.location.description
+        let identity = try backend.identity()
+        try backend.lockForWriting()
+        let vaultID = try vaultID(stores)
+        let local = try stores.keystore.read { try journalRow(in: $0, meta: stores.ks.meta) }
+        guard let identity else {
+            if let local, !settings.startNew {
+                throw VaultError.journal("this vault wrote change sets up to \(local.sequence) to a journal, and \(where_) "
+                                         + "is empty: is it the right journal? (to start a new journal there from a snapshot "
+                                         + "of the vault, open with --new-journal)")
+            }
+            try backend.create(vaultID: vaultID)
+            try backend.prepareForAppend()
+            return AttachedJournal(backend: backend, vaultID: vaultID, needsSnapshot: true)
+        }
+        guard identity == vaultID else {
+            throw VaultError.journal("\(where_) is the journal of another vault")
+        }
+        if settings.startNew {
+            throw VaultError.journal("--new-journal needs an empty journal, and \(where_) holds this vault's journal")
+        }
+        try backend.prepareForAppend()
+        let status = try backend.status()
+        let sequence = local?.sequence ?? 0
+        if sequence > status.head {
+            throw VaultError.journal("\(where_) ends at change set \(status.head) but this vault committed up to \(sequence): "
+                                     + "the journal is behind the vault (an older copy?); give the right journal, or start a "
+                                     + "new one in an empty directory with --new-journal")
+        }
+        if sequence < status.head {
+            guard status.first <= sequence + 1 else {
+                throw VaultError.journal("\(where_) no longer holds change sets \(sequence + 1) to \(status.first - 1) "
+                                         + "that this vault lacks: restore the vault from the journal instead")
+            }
+            try replay(backend, after: sequence, to: status.head, vaultID: vaultID, stores: stores, file: file,
+                       progress: settings.progress)
+        }
+        let generation = try matchingMasterKey(stores, file: file).1
+        let latest = try backend.snapshots().last
+        return AttachedJournal(backend: backend, vaultID: vaultID, needsSnapshot: latest.map { $0.epoch < generation } ?? true)
+    }
+
+    /// Applies change sets `after + 1 ... head` to the two environments, each in one write of
+    /// both (record store first), with the key of its epoch; a change set that carries the next
+    /// master key generation moves the key file to it, as the rotation that wrote it did.
+    static func replay(_ backend: any JournalBackend, after: UInt64, to head: UInt64, vaultID: [UInt8], stores: Stores,
+                       file: MasterKeyFile, progress: (@Sendable (String) -> Void)?) throws {
+        var (master, generation) = try matchingMasterKey(stores, file: file)
+        var journalKey = try JournalKeys.changeSetKey(master: master)
+        var ksCodes: [UInt8: Database] = [:]
+        for (name, code) in Layout.keystoreCodes { ksCodes[code] = stores.keystore.database(name) }
+        var recCodes: [UInt8: Database] = [:]
+        for (name, code) in Layout.recordsCodes { recCodes[code] = stores.records.database(name) }
+        var applied: UInt64 = 0
+        try backend.entries(after: after) { entry in
+            guard entry.epoch == generation else {
+                throw VaultError.integrity("journal change set \(entry.sequence) is of epoch \(entry.epoch) where "
+                                           + "generation \(generation) was expected")
+            }
+            let opened = try ChangeSet.open(entry, vaultID: vaultID, journalKey: journalKey.bytes)
+            if let next = opened.nextMaster {
+                try file.write(key: next.key.bytes, generation: next.generation, to: file.nextPath)
+            }
+            do {
+                try stores.keystore.write { ks in
+                    try stores.records.write { rec in
+                        try opened.withRecordChanges { try rec.apply(changes: $0, databases: recCodes) }
+                    }
+                    try opened.withKeystoreChanges { try ks.apply(changes: $0, databases: ksCodes) }
+                }
+            } catch let e as ChangeLog.FormatError {
+                throw VaultError.integrity("journal change set \(entry.sequence): \(e)")
+            }
+            if let next = opened.nextMaster {
+                try file.promoteNext()
+                master = next.key
+                generation = next.generation
+                journalKey = try JournalKeys.changeSetKey(master: master)
+            }
+            applied += 1
+            if applied % 10_000 == 0 { progress?("replayed \(applied) of \(head - after) change sets") }
+            return entry.sequence < head
+        }
+        progress?("replayed \(applied) change sets (to \(after + applied))")
+        guard after + applied >= head else {
+            throw VaultError.integrity("the journal ended at change set \(after + applied) while its head is \(head)")
+        }
+    }
+}
+
+/// Restores a vault from its journal: the latest snapshot and every change set after it to the
+/// head, into a new data directory; then expired buckets are destroyed by the clock and the
+/// key hierarchy rotated (a new generation, whose snapshot starts a new epoch of the journal).
+public enum Restore {
+    public struct Summary: Sendable {
+        public var snapshot: SnapshotInfo
+        public var head: UInt64
+        public var changeSetsReplayed: UInt64
+        public var generation: UInt64
+    }
+
+    /// `keyFile` holds the master key of the latest snapshot's generation; on success it holds the
+    /// restored vault's new generation (the old one destroyed). On failure nothing is left: no data
+    /// directory, the key file as it was.
+    public static func run(journal settings: JournalSettings, dataDirectory: String, keyFile: String,
+                           configuration: VaultConfiguration = .init()) async throws -> Summary {
+        try Sodium.initialize()
+        let progress = settings.progress
+        if Posix.exists(dataDirectory) {
+            guard Posix.isDirectory(dataDirectory), try Files.names(in: dataDirectory).isEmpty else {
+                throw VaultError.dataDirectory("\(dataDirectory) exists and is not empty: restore writes a new data directory")
+            }
+        }
+        let backend = try settings.location.backend()
+        let work = dataDirectory + ".restoring"
+        let workKey = keyFile + ".restoring"
+        var succeeded = false
+        defer {
+            if !succeeded {
+                try? Posix.shredTree(work)
+                for f in [workKey, workKey + ".next", workKey + ".tmp", workKey + ".next.tmp"] { try? Posix.shred(f) }
+            }
+        }
+        // Everything that can refuse, before anything is decrypted or written.
+        guard let vaultID = try backend.identity() else {
+            throw VaultError.journal("\(settings.location) holds no journal")
+        }
+        try backend.lockForWriting()
+        let status = try backend.status()
+        guard let snapshot = try backend.snapshots().last else {
+            throw VaultError.journal("\(settings.location) holds no snapshot to restore from")
+        }
+        if let recorded = status.recordedHead, recorded > status.head {
+            throw VaultError.journal("\(settings.location) ends at change set \(status.head) but recorded \(recorded) as "
+                                     + "appended: its end was cut (acknowledged change sets are missing); not restoring")
+        }
+        guard status.head >= snapshot.sequence else {
+            throw VaultError.journal("\(settings.location) ends at change set \(status.head), below the high-water mark "
+                                     + "\(snapshot.sequence) of its latest snapshot: it was truncated; not restoring")
+        }
+        if status.head > snapshot.sequence, status.first > snapshot.sequence + 1 {
+            throw VaultError.journal("\(settings.location) lacks change sets \(snapshot.sequence + 1) to \(status.first - 1) "
+                                     + "after its latest snapshot; not restoring")
+        }
+        let input = MasterKeyFile(path: keyFile)
+        let loaded = try input.load()
+        guard loaded.generation == snapshot.epoch else {
+            throw VaultError.masterKey("the latest snapshot is of master key generation \(snapshot.epoch) and \(keyFile) "
+                                       + "holds generation \(loaded.generation): give the key file of generation \(snapshot.epoch)")
+        }
+        backend.close()
+
+        // The snapshot into a new directory, then an ordinary open that replays the journal.
+        try? Posix.shredTree(work)
+        try Posix.makeDirectory(work)
+        progress?("restoring snapshot \(hex16(snapshot.epoch))-\(hex16(snapshot.sequence)) (\(snapshot.bytes) bytes)")
+        try MasterKeyFile(path: workKey).write(key: loaded.key, generation: loaded.generation, to: workKey)
+        let locked = try settings.location.backend()
+        try locked.lockForWriting()
+        do {
+            try Snapshot.restore(snapshot, from: locked, vaultID: vaultID, master: Key(try loaded.key.copy()), into: work) { n in
+                if n % (64 << 20) < (1 << 20) { progress?("snapshot: \(n >> 20) MiB read") }
+            }
+        } catch {
+            locked.close()
+            throw error
+        }
+        locked.close()
+        var config = configuration
+        config.journal = settings
+        let vault = try Vault.open(dataDirectory: work, masterKeyFile: workKey, configuration: config)
+        let summary: Summary
+        do {
+            let swept = try await vault.sweep()
+            progress?("expired buckets destroyed: \(swept.bucketsDestroyed)")
+            let rotated = try await vault.rotate()
+            progress?("rotated to master key generation \(rotated.masterGeneration)")
+            let head = vault.writer.stores.journal?.sequence ?? 0
+            summary = Summary(snapshot: snapshot, head: status.head, changeSetsReplayed: status.head - snapshot.sequence,
+                              generation: rotated.masterGeneration)
+            _ = head
+        } catch {
+            vault.close()
+            throw error
+        }
+        vault.close()
+        try Posix.shred(work + "/LOCK")
+        try Posix.rename(work, dataDirectory)
+        try Posix.fsyncDirectory(MasterKeyFile.directory(of: dataDirectory))
+        // The restored vault's key replaces the old generation's, which is destroyed.
+        try Posix.shred(keyFile)
+        try Posix.rename(workKey, keyFile)
+        try Posix.fsyncDirectory(MasterKeyFile.directory(of: keyFile))
+        succeeded = true
+        return summary
+    }
+}
