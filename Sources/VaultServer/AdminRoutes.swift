@@ -119,6 +119,38 @@ extension VaultServer {
             }
         }
 
+        router.post("/v1/admin/snapshot") { request, context -> Response in
+            _ = try self.operatorPrincipal(request)
+            guard self.vault.hasJournal else { throw Problem(.conflict, "this vault runs without a journal (serve --journal)") }
+            let info = try await maintenance("snapshot", context.logger) { try await self.vault.snapshot() }
+            context.logger.info("snapshot taken", metadata: ["epoch": "\(info.epoch)", "sequence": "\(info.sequence)",
+                                                              "bytes": "\(info.bytes)"])
+            return jsonResponse { w in Self.writeSnapshot(info, into: &w) }
+        }
+
+        router.get("/v1/admin/journal") { request, _ -> Response in
+            _ = try self.operatorPrincipal(request)
+            guard let r = try await self.vault.journalReport() else {
+                throw Problem(.notFound, "this vault runs without a journal (serve --journal)")
+            }
+            return jsonResponse { w in
+                w.beginObject()
+                w.field("location", r.location)
+                w.key("sequence")
+                w.uint(r.sequence)
+                w.key("epoch")
+                w.uint(r.epoch)
+                w.field("appended_since_start", Int64(r.appendedSinceStart))
+                w.field("bytes_since_start", Int64(r.bytesSinceStart))
+                w.key("snapshots")
+                w.beginArray()
+                for s in r.snapshots { Self.writeSnapshot(s, into: &w) }
+                w.endArray()
+                w.optionalString("broken", r.broken)
+                w.endObject()
+            }
+        }
+
         router.get("/v1/admin/stats") { request, _ -> Response in
             _ = try self.operatorPrincipal(request)
             let s = try await self.vault.statistics()
@@ -160,6 +192,16 @@ extension VaultServer {
                 w.endObject()
             }
         }
+    }
+
+    static func writeSnapshot(_ s: SnapshotInfo, into w: inout JSONWriter) {
+        w.beginObject()
+        w.key("epoch")
+        w.uint(s.epoch)
+        w.key("sequence")
+        w.uint(s.sequence)
+        w.field("bytes", Int64(s.bytes))
+        w.endObject()
     }
 
     static func writeTenant(_ t: TenantInfo, into w: inout JSONWriter) {
