@@ -15,14 +15,14 @@ public struct ShredVaultCommand: AsyncParsableCommand {
             """,
         groupedSubcommands: [
             CommandGroup(name: "Running a vault", subcommands: [
-                InitCommand.self, ServeCommand.self, HealthCommand.self, BenchCommand.self,
+                InitCommand.self, ServeCommand.self, RestoreCommand.self, HealthCommand.self, BenchCommand.self,
             ]),
             CommandGroup(name: "Records (agent or admin token)", subcommands: [PutCommand.self, GetCommand.self]),
             CommandGroup(name: "Client instructions (admin token)", subcommands: [
                 EraseCommand.self, ExportCommand.self, RetentionCommand.self, HoldCommand.self, ReportCommand.self,
             ]),
             CommandGroup(name: "Operating (operator token)", subcommands: [
-                TenantCommand.self, TokenCommand.self, RotateCommand.self, SweepCommand.self, CompactCommand.self,
+                TenantCommand.self, TokenCommand.self, RotateCommand.self, SweepCommand.self, CompactCommand.self, SnapshotCommand.self,
                 StatsCommand.self,
             ]),
             CommandGroup(name: "Audit (admin or operator token)", subcommands: [AuditCommand.self]),

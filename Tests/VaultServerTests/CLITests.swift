@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VaultClient
 
 #if canImport(Glibc)
 import Glibc
@@ -171,10 +172,10 @@ private final class CLIDaemon {
     let process: Process
     let logFile: String
 
-    init(_ vault: CLIVault, arguments: [String] = []) throws {
+    init(_ vault: CLIVault, arguments: [String] = [], data: String? = nil, keyFile: String? = nil) throws {
         (process, _, logFile) = try CLIHarness.start(
-            ["serve", "--data-dir", vault.data, "--key-file", vault.keyFile, "--socket", vault.socket] + arguments,
-            in: vault.directory, name: "serve")
+            ["serve", "--data-dir", data ?? vault.data, "--key-file", keyFile ?? vault.keyFile, "--socket", vault.socket] + arguments,
+            in: vault.directory, name: "serve-\(UUID().uuidString.prefix(8))")
         let end = Date().addingTimeInterval(30)
         while !CLIHarness.isSocket(vault.socket) {
             guard process.isRunning else { throw CLITestError("serve exited early: \(log)") }
@@ -428,5 +429,100 @@ struct CLITests {
         let json = try vault.cli(["tenant", "list", "--json"], token: vault.operatorTokenFile)
         #expect(json.stdout == "{\"tenants\":[]}\n")
         #expect(daemon.terminate())
+    }
+
+    @Test("serve --journal, snapshot, loss of the data disk, restore: everything acknowledged back, nothing erased")
+    func journalRestoreAfterMachineLoss() async throws {
+        let vault = try CLIVault()
+        let journal = vault.directory + "/journal"
+        #expect(mkdir(journal, 0o700) == 0)
+        let op = vault.operatorTokenFile
+        var daemon: CLIDaemon? = try CLIDaemon(vault, arguments: ["--journal", journal])
+        #expect(try vault.cli(["tenant", "create", "acme"], token: op).status == 0)
+        let agentFile = vault.directory + "/agent.token", adminFile = vault.directory + "/admin.token"
+        #expect(try vault.cli(["token", "issue", "--tenant", "acme", "--role", "agent", "--name", "desk",
+                               "--output", agentFile], token: op).status == 0)
+        #expect(try vault.cli(["token", "issue", "--tenant", "acme", "--role", "admin", "--name", "dpo",
+                               "--output", adminFile], token: op).status == 0)
+
+        func put(_ subject: String) throws -> String {
+            let subjectFile = vault.directory + "/subject-\(subject)", dataFile = vault.directory + "/data-\(subject).json"
+            try CLIHarness.write(subjectFile, subject + "\n")
+            try CLIHarness.write(dataFile, #"{"note": "about \#(subject)"}"#)
+            let r = try vault.cli(["put", "--category", "personal", "--channel", "phone", "--subject-file", subjectFile,
+                                   "--data-file", dataFile, "--json"], token: agentFile)
+            #expect(r.status == 0, "put: \(r.stderr)")
+            return String(try #require(r.stdout.firstMatch(of: /"id":"([0-9A-Z]{26})"/)?.1))
+        }
+        func erase(_ subject: String) throws {
+            let r = try vault.cli(["erase", "--subject-file", vault.directory + "/subject-\(subject)", "--reference", "rtbf"],
+                                  token: adminFile)
+            #expect(r.status == 0 && r.stdout.hasPrefix("erased 1 record(s)"), "erase: \(r.stderr)")
+        }
+
+        // Before the snapshot: one kept, one erased. After it (change sets only): one kept, one erased.
+        let keptEarly = try put("kept-early"), erasedEarly = try put("erased-early")
+        try erase("erased-early")
+        let snap = try vault.cli(["snapshot"], token: op)
+        #expect(snap.status == 0, "snapshot: \(snap.stderr)")
+        let keptLate = try put("kept-late"), erasedLate = try put("erased-late")
+        try erase("erased-late")
+
+        let client = VaultHTTPClient(endpoint: .unixSocket(path: vault.socket), token: Array(vault.operatorToken.utf8), timeout: 30)
+        let report = try await client.send("GET", "/v1/admin/journal")
+        #expect(report.status == 200, "\(report.text)")
+        let o = try report.object()
+        let snapshots = try #require(o["snapshots"] as? [[String: Any]])
+        #expect(snapshots.count == 1 && (snapshots[0]["epoch"] as? Int) == 1)
+        #expect((o["sequence"] as? Int ?? 0) > (snapshots[0]["sequence"] as? Int ?? .max))
+
+        // The machine is lost: the daemon dies, the data directory and keys/ with it. What is left is
+        // the journal (another disk) and the copy of the master key kept off the machine.
+        kill(daemon!.process.processIdentifier, SIGKILL)
+        daemon!.process.waitUntilExit()
+        daemon = nil
+        unlink(vault.socket)  // left by the killed daemon: the next one's start is told by a new socket
+        let keptKey = vault.directory + "/kept/master.key"
+        #expect(mkdir(vault.directory + "/kept", 0o700) == 0)
+        try FileManager.default.copyItem(atPath: vault.keyFile, toPath: keptKey)
+        try FileManager.default.removeItem(atPath: vault.data)
+        try FileManager.default.removeItem(atPath: vault.directory + "/keys")
+
+        // Refusals first: a journal that is not this vault's, and nothing written.
+        let stranger = vault.directory + "/stranger"
+        #expect(mkdir(stranger, 0o700) == 0)
+        let refused = try CLIHarness.run(["restore", "--journal", stranger, "--data-dir", vault.data, "--key-file", keptKey],
+                                         in: vault.directory, seconds: 60)
+        #expect(refused.exited && refused.status == 1)
+        #expect(refused.stderr.contains("shredvault restore: "), "\(refused.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: vault.data), "a refused restore wrote the data directory")
+
+        let restored = try CLIHarness.run(["restore", "--journal", journal, "--data-dir", vault.data, "--key-file", keptKey],
+                                          in: vault.directory, seconds: 120)
+        #expect(restored.exited && restored.status == 0, "restore: \(restored.stderr)")
+        let summary = try #require(try JSONSerialization.jsonObject(with: Data(restored.stdout.utf8)) as? [String: Any])
+        #expect((summary["snapshot_epoch"] as? Int) == 1)
+        #expect((summary["change_sets_replayed"] as? Int ?? 0) >= 4, "\(summary)")
+        #expect((summary["master_key_generation"] as? Int) == 2, "restore ends with a rotation")
+        #expect(CLIHarness.mode(keptKey) == 0o600)
+
+        // Restoring again over the restored vault is refused and changes nothing.
+        let again = try CLIHarness.run(["restore", "--journal", journal, "--data-dir", vault.data, "--key-file", keptKey],
+                                       in: vault.directory, seconds: 60)
+        #expect(again.exited && again.status == 1, "a restore over an existing vault: \(again.stdout)")
+
+        daemon = try CLIDaemon(vault, arguments: ["--journal", journal], keyFile: keptKey)
+        for id in [keptEarly, keptLate] {
+            let got = try vault.cli(["get", id], token: agentFile)
+            #expect(got.status == 0, "an acknowledged record did not come back: \(got.stderr)")
+        }
+        for id in [erasedEarly, erasedLate] {
+            let gone = try vault.cli(["get", id], token: agentFile)
+            #expect(gone.status == 1 && gone.stderr == "shredvault: 404 Not Found: no such record\n",
+                    "an erased record came back: \(gone.stdout)")
+        }
+        let verified = try vault.cli(["audit", "verify"], token: op)
+        #expect(verified.status == 0, "audit verify: \(verified.stderr)")
+        #expect(daemon!.terminate(), "the restored daemon did not exit 0: \(daemon!.log)")
     }
 }

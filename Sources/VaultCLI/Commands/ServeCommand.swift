@@ -62,6 +62,19 @@ struct ServeCommand: AsyncParsableCommand {
                                valueName: "n"))
     var rotationChunk: Int?
 
+    @Option(help: ArgumentHelp("The journal every write is appended to before it is acknowledged: a directory "
+                               + "(on another disk than the data) that survives the loss of this one.",
+                               valueName: "dir"))
+    var journal: String?
+
+    @Flag(name: .customLong("new-journal"),
+          help: "Start a new journal in the (empty) --journal directory from a snapshot, although the vault wrote to another one.")
+    var newJournal = false
+
+    @Flag(name: .customLong("detach-journal"),
+          help: "Run a vault that wrote a journal without one (its journal falls behind for good).")
+    var detachJournal = false
+
     /// The options, checked and converted.
     struct Settings {
         var socketPath: String
@@ -89,6 +102,13 @@ struct ServeCommand: AsyncParsableCommand {
             guard rotationChunk >= 1 else { throw ValidationError("--rotation-chunk must be at least 1") }
             vault.rotationChunkSize = rotationChunk
         }
+        if let journal {
+            vault.journal = JournalSettings(location: try JournalLocation.parse(journal), startNew: newJournal)
+        } else if newJournal {
+            throw ValidationError("--new-journal needs --journal")
+        }
+        guard !(detachJournal && journal != nil) else { throw ValidationError("give --journal or --detach-journal, not both") }
+        vault.detachJournal = detachJournal
         var body = 1 << 20
         if let maxBody {
             body = try byteCount(maxBody, option: "--max-body")
@@ -147,6 +167,7 @@ struct ServeCommand: AsyncParsableCommand {
         _ = ServerMetrics.registry
         var configuration = settings.vault
         configuration.commitObserver = ServerMetrics.commitObserver
+        configuration.journal?.progress = { line in logger.info("journal", metadata: ["progress": "\(line)"]) }
 
         let vault = try reportingFailures {
             try Vault.open(dataDirectory: location.dataDirectory, masterKeyFile: location.keyFile,
@@ -159,6 +180,11 @@ struct ServeCommand: AsyncParsableCommand {
             "data_dir": "\(location.dataDirectory)",
             "bucket_width": "\(ISODuration.format(seconds: vault.configuration.bucketWidthSeconds))",
         ])
+        if let journal = configuration.journal {
+            logger.info("journal attached", metadata: ["journal": "\(journal.location)"])
+        } else {
+            logger.warning("no journal: the data has one copy, on this disk (serve --journal DIR on another disk)")
+        }
         // A damaged token row does not stop the daemon: that token answers 401 until it is
         // revoked (which removes the row) and reissued.
         for failure in vault.tokenRowFailures {

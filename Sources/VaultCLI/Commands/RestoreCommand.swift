@@ -1,0 +1,39 @@
+import ArgumentParser
+import Sodium
+import VaultCore
+
+/// `shredvault restore`: a vault back from its journal, after the loss of its machine.
+struct RestoreCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "restore",
+        abstract: "Restore a vault from its journal into a new data directory.",
+        discussion: """
+            Writes the journal's latest snapshot and every change set after it, to the head, into a new data \
+            directory; then destroys the buckets expired by the clock and rotates the key hierarchy. --key-file \
+            holds the master key of the snapshot's generation (the copy kept of the current keys/); on success it \
+            holds the restored vault's new generation. Refuses, writing nothing, when the journal is unreachable, \
+            cut below its snapshot or at its end, of another vault, or damaged (the change set is named). \
+            Serve the restored vault with the same --journal.
+            """)
+
+    @Option(help: ArgumentHelp("The journal to restore from.", valueName: "dir"))
+    var journal: String
+
+    @OptionGroup var location: VaultLocation
+
+    func run() async throws {
+        Sodium.disableCoreDumps()
+        var settings = JournalSettings(location: try JournalLocation.parse(journal))
+        settings.progress = { line in Terminal.error("restore: \(line)") }
+        do {
+            let s = try await Restore.run(journal: settings, dataDirectory: location.dataDirectory, keyFile: location.keyFile)
+            print("""
+                {"snapshot_epoch": \(s.snapshot.epoch), "snapshot_sequence": \(s.snapshot.sequence), \
+                "head": \(s.head), "change_sets_replayed": \(s.changeSetsReplayed), "master_key_generation": \(s.generation)}
+                """)
+        } catch {
+            Terminal.error("shredvault restore: \(error)")
+            throw ExitCode.failure
+        }
+    }
+}
