@@ -59,6 +59,15 @@ struct CrashTestCommand: ParsableCommand {
                                + "(losing what was acknowledged since); the round must fail.", visibility: .hidden))
     var injectRollback: Int?
 
+    @Flag(help: "Serve every vault with a journal directory (serve --journal) beside its data.")
+    var journal = false
+
+    @Option(name: .customLong("machine-loss"),
+            help: ArgumentHelp("With --journal: the share of rounds (0 to 1) in which, after the kill, the data directory "
+                               + "and keys/ are lost and the vault is rebuilt with shredvault restore from the journal and "
+                               + "the kept key before the checks.", valueName: "share"))
+    var machineLoss = 0.0
+
     @Flag(help: "Show how long each phase of the checks took.")
     var timings = false
 
@@ -70,6 +79,8 @@ struct CrashTestCommand: ParsableCommand {
         guard (1...64).contains(clients) else { throw ValidationError("--clients must be 1 to 64") }
         guard freshEvery >= 1 else { throw ValidationError("--fresh-every must be at least 1") }
         guard prefill >= 0 else { throw ValidationError("--prefill must not be negative") }
+        guard (0...1).contains(machineLoss) else { throw ValidationError("--machine-loss is a share from 0 to 1") }
+        guard machineLoss == 0 || journal else { throw ValidationError("--machine-loss needs --journal") }
     }
 
     func run() throws {
@@ -87,9 +98,11 @@ struct CrashTestCommand: ParsableCommand {
         guard let made = mkdtemp(&template) else { throw DaemonError("mkdtemp: \(String(cString: strerror(errno)))") }
         let root = String(cString: made)
 
-        say("crash-test: seed \(seed) (replay with --seed \(seed)), \(rounds) rounds, \(clients) clients, binary \(path), in \(root)")
+        say("crash-test: seed \(seed) (replay with --seed \(seed)), \(rounds) rounds, \(clients) clients, binary \(path), in \(root)"
+            + (journal ? ", with a journal" + (machineLoss > 0 ? ", machine lost in \(Int(machineLoss * 100))% of rounds" : "") : ""))
         let runner = Runner(binary: path, root: root, seed: seed, rounds: rounds, clients: clients, freshEvery: freshEvery,
-                            prefill: prefill, checkThreads: checkThreads, timings: timings, injectRollback: injectRollback)
+                            prefill: prefill, checkThreads: checkThreads, timings: timings, injectRollback: injectRollback,
+                            journal: journal, machineLoss: machineLoss)
         let started = monotonicSeconds()
         let failures = runner.run()
         let elapsed = monotonicSeconds() - started
@@ -177,10 +190,14 @@ final class Runner {
     let checkThreads: Int
     let timings: Bool
     let injectRollback: Int?
+    let journal: Bool
+    let machineLoss: Double
 
     init(binary: String, root: String, seed: UInt64, rounds: Int, clients: Int, freshEvery: Int, prefill: Int,
-         checkThreads: Int, timings: Bool, injectRollback: Int?) {
+         checkThreads: Int, timings: Bool, injectRollback: Int?, journal: Bool, machineLoss: Double) {
         self.injectRollback = injectRollback
+        self.journal = journal
+        self.machineLoss = machineLoss
         self.checkThreads = checkThreads
         self.timings = timings
         self.binary = binary
@@ -242,7 +259,7 @@ final class Runner {
         // Alternate day buckets (one big bucket: heavy rotations) and one-second buckets with
         // records that expire within the round (sweeps destroy keys while the daemon is killed).
         let shortBuckets = number % 2 == 0
-        let daemon = Daemon(binary: binary, directory: directory, bucketWidth: shortBuckets ? "PT1S" : "P1D")
+        let daemon = Daemon(binary: binary, directory: directory, bucketWidth: shortBuckets ? "PT1S" : "P1D", journaled: journal)
         let operatorToken = try daemon.initialise()
         try daemon.start()
         let op = VaultHTTPClient(endpoint: .unixSocket(path: daemon.socket), token: operatorToken, timeout: 60)
@@ -349,6 +366,9 @@ final class Runner {
         if injectRollback == round {
             do { try daemon.snapshot() } catch { log.add("self-test", "\(error)") }
         }
+        if machineLoss > 0 {
+            do { try daemon.keepKey() } catch { log.add("keeping the key", "\(error)") }
+        }
         let started = monotonicSeconds()
         let clients = self.clients
         let group = startThreads(clients + 1) { i in
@@ -401,6 +421,26 @@ final class Runner {
         // What the kill interrupted, as the files show it.
         let left = daemon.leftovers()
         if !left.isEmpty { what += "; left \(left.joined(separator: ", "))" }
+
+        // Now and then the machine is lost with the daemon: rebuilt from the journal.
+        if machineLoss > 0, Double.random(in: 0..<1, using: &rng) < machineLoss {
+            do {
+                let summary = try daemon.loseMachineAndRestore()
+                what += "; machine lost, restored \(summary)"
+                // The restore ends with a rotation of its own: the generation it reports is exact.
+                guard let object = try? JSONSerialization.jsonObject(with: Data(summary.utf8)) as? [String: Any],
+                      let g = object["master_key_generation"] as? Int else {
+                    throw DaemonError("restore printed no summary: \(summary)")
+                }
+                model.knownGeneration = UInt64(g)
+                model.acknowledgedGeneration = UInt64(g)
+            } catch {
+                log.add("restore after the loss of the machine failed", "\(error)")
+                epoch.broken = true
+                report(round, epoch: epoch, what: what + "; machine lost", counts: counts, checker: nil, log: log, started: roundStarted)
+                return
+            }
+        }
 
         // Restart on the same files; now and then, kill the restart too (a crash during recovery).
         var restartStarted = monotonicSeconds()

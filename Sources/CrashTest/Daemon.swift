@@ -20,6 +20,10 @@ final class Daemon: @unchecked Sendable {
     let binary: String
     let directory: String
     let bucketWidth: String
+    /// Serve with a journal in `journal/` (another disk, in production): what a lost machine is
+    /// restored from.
+    let journaled: Bool
+    var journalDirectory: String { directory + "/journal" }
     var dataDirectory: String { directory + "/data" }
     var keyFile: String { directory + "/keys/master.key" }
     var socket: String { dataDirectory + "/shredvault.sock" }
@@ -29,10 +33,11 @@ final class Daemon: @unchecked Sendable {
     /// Logs of this vault's daemon starts, oldest first.
     private(set) var logs: [String] = []
 
-    init(binary: String, directory: String, bucketWidth: String) {
+    init(binary: String, directory: String, bucketWidth: String, journaled: Bool = false) {
         self.binary = binary
         self.directory = directory
         self.bucketWidth = bucketWidth
+        self.journaled = journaled
     }
 
     var isRunning: Bool { pid > 0 }
@@ -77,9 +82,54 @@ final class Daemon: @unchecked Sendable {
         logs.append(log)
         // Small rotation chunks: a kill during a rotation lands between or inside its many
         // bounded transactions, not in one big one.
+        if journaled, mkdir(journalDirectory, 0o700) != 0, errno != EEXIST {
+            throw DaemonError("mkdir \(journalDirectory): \(String(cString: strerror(errno)))")
+        }
         pid = try spawn(["serve", "--data-dir", dataDirectory, "--key-file", keyFile, "--bucket-width", bucketWidth,
-                         "--rotation-chunk", "300"],
+                         "--rotation-chunk", "300"] + (journaled ? ["--journal", journalDirectory] : []),
                         stdout: log, stderr: log)
+    }
+
+    /// The machine is lost while the daemon is down: the data directory and the key file go; the
+    /// journal and `kept` (the copy of the master key kept elsewhere, taken at the round's start)
+    /// remain. `shredvault restore` rebuilds the data directory from the journal with the current
+    /// key file's copy, or, if the kill fell between a rotation's new key and its snapshot (the
+    /// restore then names the generation it needs), with `kept`. Returns restore's summary line.
+    func loseMachineAndRestore() throws -> String {
+        let kept = keptKeyFile
+        precondition(pid == 0, "the machine is lost only with the daemon down")
+        let current = directory + "/current.key"
+        unlink(current)
+        if let key = FileManager.default.contents(atPath: keyFile) {
+            guard FileManager.default.createFile(atPath: current, contents: key, attributes: [.posixPermissions: 0o600]) else {
+                throw DaemonError("cannot copy the key file")
+            }
+        }
+        try FileManager.default.removeItem(atPath: dataDirectory)
+        try FileManager.default.removeItem(atPath: directory + "/keys")
+        guard mkdir(directory + "/keys", 0o700) == 0 else { throw DaemonError("mkdir keys") }
+        var tried: [String] = []
+        for candidate in [current, kept] where access(candidate, R_OK) == 0 {
+            unlink(keyFile)
+            guard link(candidate, keyFile) == 0 || (try? FileManager.default.copyItem(atPath: candidate, toPath: keyFile)) != nil else {
+                throw DaemonError("cannot put back the key file")
+            }
+            chmod(keyFile, 0o600)
+            let log = directory + "/restore-\(starts).log", out = directory + "/restore-\(starts).out"
+            unlink(out)
+            let status = wait(try spawn(["restore", "--journal", journalDirectory, "--data-dir", dataDirectory, "--key-file", keyFile],
+                                        stdout: out, stderr: log))
+            if status == 0 {
+                unlink(current)
+                return tail(of: out, lines: 2).trimmingCharacters(in: .whitespacesAndNewlines)
+            }
+            tried.append(tail(of: log, lines: 2).trimmingCharacters(in: .whitespacesAndNewlines))
+            // Only a refusal of the key's generation may be retried with the other copy; anything
+            // else is a failure of the restore.
+            guard tried.last!.contains("generation") else { break }
+            try? FileManager.default.removeItem(atPath: dataDirectory)
+        }
+        throw DaemonError("shredvault restore failed: " + tried.joined(separator: " | "))
     }
 
     /// Waits until the launched daemon answers `GET /healthz`.
@@ -162,6 +212,17 @@ final class Daemon: @unchecked Sendable {
             }
         }
         return counts
+    }
+
+    var keptKeyFile: String { directory + "/kept.key" }
+
+    /// The copy of the master key an operator keeps off the machine, taken at a round's start.
+    func keepKey() throws {
+        unlink(keptKeyFile)
+        guard let key = FileManager.default.contents(atPath: keyFile),
+              FileManager.default.createFile(atPath: keptKeyFile, contents: key, attributes: [.posixPermissions: 0o600]) else {
+            throw DaemonError("cannot keep a copy of the key file")
+        }
     }
 
     /// Self-test of the checks: a consistent copy of both environments now (`mdb_copy`, beside
