@@ -27,6 +27,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         // C libraries from Debian's -dev packages, found through pkg-config.
@@ -44,7 +45,18 @@ let package = Package(
         .target(name: "Locking", swiftSettings: swiftSettings),
         .target(name: "Sodium", dependencies: ["CSodium"], swiftSettings: swiftSettings),
         .target(name: "LMDB", dependencies: ["CLMDB", "Locking"], swiftSettings: swiftSettings),
-        .target(name: "VaultCore", dependencies: ["Sodium", "LMDB", "Locking"], swiftSettings: swiftSettings),
+        .target(
+            name: "VaultCore",
+            dependencies: [
+                "Sodium", "LMDB", "Locking",
+                // The PostgreSQL journal backend (`--journal postgres://...`).
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(name: "CoreBench", dependencies: ["VaultCore", "Sodium", "Locking"], swiftSettings: swiftSettings),
         // JSON scanning/writing and the request/response shapes shared by server and CLI.
         .target(name: "VaultAPI", dependencies: ["VaultCore", "Sodium"], swiftSettings: swiftSettings),

@@ -139,8 +139,16 @@ public final class Vault: Sendable {
         }
         let file = MasterKeyFile(path: masterKeyFile)
         try file.create()
-        return try open(dataDirectory: dataDirectory, masterKeyFile: masterKeyFile, configuration: configuration,
-                        initialise: true)
+        do {
+            return try open(dataDirectory: dataDirectory, masterKeyFile: masterKeyFile, configuration: configuration,
+                            initialise: true)
+        } catch {
+            // Refused (a journal that cannot be used, a full disk): leave no half-made vault behind,
+            // and no key of a vault that never was.
+            for environment in ["keystore", "records"] { try? Posix.shredTree(dataDirectory + "/" + environment) }
+            try? Posix.shred(masterKeyFile)
+            throw error
+        }
     }
 
     /// Opens an existing vault. Refuses (with a clear error) a world-writable data

@@ -12,16 +12,19 @@ struct JournaledVault {
     var configuration: VaultConfiguration
 
     var journalPath: String { dir.path + "/journal" }
-    var settings: JournalSettings { JournalSettings(location: .directory(journalPath)) }
+    /// The journal directory, or another location (a PostgreSQL database).
+    var location: JournalLocation
+    var settings: JournalSettings { JournalSettings(location: location) }
 
-    init() throws {
+    init(location: JournalLocation? = nil) throws {
+        self.location = location ?? .directory(dir.path + "/journal")
         try FileManager.default.createDirectory(atPath: dir.path + "/keys", withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o700])
         try FileManager.default.createDirectory(atPath: dir.path + "/journal", withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o700])
         configuration = VaultConfiguration(bucketWidthSeconds: 86_400, keystoreMapSize: 256 << 20,
                                            recordsMapSize: 1 << 30, clock: clock.vaultClock)
-        configuration.journal = JournalSettings(location: .directory(dir.path + "/journal"))
+        configuration.journal = JournalSettings(location: self.location)
     }
 
     func create() throws -> Vault {

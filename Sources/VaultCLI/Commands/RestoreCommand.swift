@@ -16,8 +16,12 @@ struct RestoreCommand: AsyncParsableCommand {
             Serve the restored vault with the same --journal.
             """)
 
-    @Option(help: ArgumentHelp("The journal to restore from.", valueName: "dir"))
+    @Option(help: ArgumentHelp("The journal to restore from: a directory or a postgres:// URL.", valueName: "dir|url"))
     var journal: String
+
+    @Option(name: .customLong("journal-password-file"),
+            help: ArgumentHelp("A file (mode 0600) holding the password of a postgres:// journal's user.", valueName: "file"))
+    var journalPasswordFile: String?
 
     @OptionGroup var location: VaultLocation
 
@@ -25,6 +29,7 @@ struct RestoreCommand: AsyncParsableCommand {
         Sodium.disableCoreDumps()
         var settings = JournalSettings(location: try JournalLocation.parse(journal))
         settings.progress = { line in Terminal.error("restore: \(line)") }
+        settings.passwordFile = journalPasswordFile
         do {
             let s = try await Restore.run(journal: settings, dataDirectory: location.dataDirectory, keyFile: location.keyFile)
             print("""

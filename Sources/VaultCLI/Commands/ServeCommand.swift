@@ -63,9 +63,14 @@ struct ServeCommand: AsyncParsableCommand {
     var rotationChunk: Int?
 
     @Option(help: ArgumentHelp("The journal every write is appended to before it is acknowledged: a directory "
-                               + "(on another disk than the data) that survives the loss of this one.",
-                               valueName: "dir"))
+                               + "(on another disk than the data) or a PostgreSQL database (postgres://USER@HOST:PORT/DB, "
+                               + "or postgres://USER@/DB?host=/socket/dir), that survives the loss of this one.",
+                               valueName: "dir|url"))
     var journal: String?
+
+    @Option(name: .customLong("journal-password-file"),
+            help: ArgumentHelp("A file (mode 0600) holding the password of a postgres:// journal's user.", valueName: "file"))
+    var journalPasswordFile: String?
 
     @Flag(name: .customLong("new-journal"),
           help: "Start a new journal in the (empty) --journal directory from a snapshot, although the vault wrote to another one.")
@@ -104,8 +109,9 @@ struct ServeCommand: AsyncParsableCommand {
         }
         if let journal {
             vault.journal = JournalSettings(location: try JournalLocation.parse(journal), startNew: newJournal)
-        } else if newJournal {
-            throw ValidationError("--new-journal needs --journal")
+            vault.journal?.passwordFile = journalPasswordFile
+        } else if newJournal || journalPasswordFile != nil {
+            throw ValidationError("--new-journal and --journal-password-file need --journal")
         }
         guard !(detachJournal && journal != nil) else { throw ValidationError("give --journal or --detach-journal, not both") }
         vault.detachJournal = detachJournal

@@ -156,8 +156,7 @@ extension JournalLocation {
     func backend(passwordFile: String? = nil) throws -> any JournalBackend {
         switch self {
         case .directory(let path): return try DirectoryJournal(path: path)
-        case .postgres:
-            throw VaultError.invalidArgument("the PostgreSQL journal is not available in this build")
+        case .postgres(let address): return try PostgresJournal(address: address, passwordFile: passwordFile)
         }
     }
 }

@@ -9,6 +9,9 @@ public struct JournalSettings: Sendable {
     /// Start a new journal at this (empty) location from a snapshot of the vault, although the
     /// vault wrote to another journal before.
     public var startNew = false
+    /// A file (mode 0600) holding the PostgreSQL password, for a `postgres://` journal that
+    /// authenticates by password (none for peer or certificate authentication).
+    public var passwordFile: String?
     /// Called with progress lines (snapshot bytes, change sets replayed): for the CLI.
     public var progress: (@Sendable (String) -> Void)?
 
@@ -75,7 +78,7 @@ extension Vault {
     /// of another vault, one that is behind the vault, or one that no longer holds the change sets
     /// the vault needs.
     static func attachJournal(_ settings: JournalSettings, stores: Stores, file: MasterKeyFile) throws -> AttachedJournal {
-        let backend = try settings.location.backend()
+        let backend = try settings.location.backend(passwordFile: settings.passwordFile)
         do {
             let attached = try attach(backend, settings: settings, stores: stores, file: file)
             return attached
@@ -200,7 +203,7 @@ public enum Restore {
                 throw VaultError.dataDirectory("\(dataDirectory) exists and is not empty: restore writes a new data directory")
             }
         }
-        let backend = try settings.location.backend()
+        let backend = try settings.location.backend(passwordFile: settings.passwordFile)
         let work = dataDirectory + ".restoring"
         let workKey = keyFile + ".restoring"
         var succeeded = false
@@ -244,7 +247,7 @@ public enum Restore {
         try Posix.makeDirectory(work)
         progress?("restoring snapshot \(hex16(snapshot.epoch))-\(hex16(snapshot.sequence)) (\(snapshot.bytes) bytes)")
         try MasterKeyFile(path: workKey).write(key: loaded.key, generation: loaded.generation, to: workKey)
-        let locked = try settings.location.backend()
+        let locked = try settings.location.backend(passwordFile: settings.passwordFile)
         try locked.lockForWriting()
         do {
             try Snapshot.restore(snapshot, from: locked, vaultID: vaultID, master: Key(try loaded.key.copy()), into: work) { n in

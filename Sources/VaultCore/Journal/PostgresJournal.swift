@@ -1,0 +1,470 @@
+import Locking
+import Logging
+import NIOCore
+import NIOPosix
+import PostgresNIO
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The journal in a PostgreSQL database (`--journal postgres://USER@HOST:PORT/DB`): the server's
+/// own durability (a commit returns once its WAL is flushed, and once a synchronous standby has it
+/// when `synchronous_standby_names` is set) and its replication and backups (streaming standbys,
+/// `pg_basebackup`, WAL archiving) carry the journal to other machines. Four tables:
+///
+///     shredvault_journal         one row: format, vault id, head (the last change set appended)
+///     shredvault_change_sets     seq (primary key), epoch, entry (the sealed change set, bytea)
+///     shredvault_snapshots       epoch, seq, parts, bytes, complete (published when true)
+///     shredvault_snapshot_parts  epoch, seq, part, data (1 MiB pieces of a sealed snapshot)
+///
+/// PostgreSQL stores bytes it cannot read: change sets and snapshots are sealed before they
+/// leave the vault. An append is one statement that inserts the change set and moves `head` in
+/// the same transaction, so a head above the last row means rows were removed from the end
+/// (refused, like a directory journal's head hint). One writer per database: the vault holds a
+/// session advisory lock for as long as it is open.
+///
+/// The calls block the calling thread on NIO futures: they come from the vault's own threads
+/// (the opening thread, the writer, the journal appender), never from an event loop.
+final class PostgresJournal: JournalBackend, @unchecked Sendable {
+    // unchecked: the mutable state is behind `state`'s lock; calls are serialized by it.
+    let address: PostgresAddress
+    private let password: [UInt8]?
+    private let logger: Logger
+    private struct State {
+        var connection: PostgresConnection?
+        var lockWanted = false
+        var closed = false
+        /// The last change set appended, and the one an append is writing (its outcome unknown
+        /// while the connection is lost).
+        var last: UInt64?
+        var inFlight: UInt64?
+    }
+    private let state = Locked(State())
+
+    static let format: Int32 = 1
+    /// The advisory lock key of the one writer (a constant: one journal per database).
+    static let lockKey: Int64 = 0x5348_5245_4456_4A31  // "SHREDVJ1"
+    static let partSize = 1 << 20
+
+    init(address: PostgresAddress, passwordFile: String?) throws {
+        self.address = address
+        if let passwordFile {
+            guard let mode = Posix.mode(passwordFile) else {
+                throw VaultError.journal("cannot read the journal password file \(passwordFile): no such file")
+            }
+            guard mode & 0o077 == 0 else {
+                throw VaultError.journal("\(passwordFile) is readable or writable by group or others; run chmod 600 \(passwordFile)")
+            }
+            var bytes = try Files.read(passwordFile)
+            while let last = bytes.last, last == 0x0A || last == 0x0D { bytes.removeLast() }
+            guard !bytes.isEmpty else { throw VaultError.journal("the journal password file \(passwordFile) is empty") }
+            password = bytes
+        } else {
+            password = nil
+        }
+        var logger = Logger(label: "shredvault.journal.postgres")
+        logger.logLevel = .critical
+        self.logger = logger
+    }
+
+    var description: String { "journal \(address.url)" }
+
+    // MARK: Connection
+
+    private func configuration() -> PostgresConnection.Configuration {
+        // postgres-nio takes the password as a String: it exists as one only while connecting
+        // (a database credential, not a vault key; it never reaches a log or an error).
+        let secret = password.map { String(decoding: $0, as: UTF8.self) }
+        var c: PostgresConnection.Configuration
+        if let dir = address.socketDirectory {
+            c = .init(unixSocketPath: dir + "/.s.PGSQL.\(address.port)", username: address.user, password: secret,
+                      database: address.database)
+        } else {
+            c = .init(host: address.host ?? "localhost", port: address.port, username: address.user, password: secret,
+                      database: address.database, tls: .disable)
+        }
+        c.options.connectTimeout = .seconds(10)
+        return c
+    }
+
+    /// The connection, made (again) when there is none or it was lost; with the writer's lock
+    /// taken again and the journal's end checked against what this process appended.
+    private func connection(_ s: inout State) throws -> PostgresConnection {
+        if s.closed { throw VaultError.journal("\(address.url): the journal is closed") }
+        if let c = s.connection, !c.isClosed { return c }
+        s.connection = nil
+        let c: PostgresConnection
+        do {
+            c = try PostgresConnection.connect(on: MultiThreadedEventLoopGroup.singleton.next(), configuration: configuration(),
+                                               id: 1, logger: logger).wait()
+        } catch {
+            throw VaultError.journal("cannot reach \(address.url): \(Self.describe(error))")
+        }
+        do {
+            if s.lockWanted {
+                let rows = try c.query("SELECT pg_try_advisory_lock(\(Self.lockKey))", logger: logger).wait().rows
+                guard try rows.first?.decode(Bool.self) == true else {
+                    throw VaultError.journal("\(address.url) is in use by another vault process")
+                }
+                if let last = s.last {
+                    // This process is the only writer: the journal ends where it left it, or one
+                    // further when an append's commit was lost with the connection.
+                    let end = try Self.maxSequence(c, logger)
+                    guard end == last || (s.inFlight != nil && end == s.inFlight) else {
+                        throw VaultError.journal("\(address.url) ends at change set \(end) where this vault appended "
+                                                 + "\(last): the journal was changed by someone else")
+                    }
+                }
+            }
+        } catch {
+            _ = try? c.close().wait()
+            throw error is VaultError ? error : VaultError.journal("\(address.url): \(Self.describe(error))")
+        }
+        s.connection = c
+        return c
+    }
+
+    /// Runs `body` on the connection; a failure of PostgreSQL or of the link is a journal error
+    /// (the link is dropped and made again on the next call).
+    private func run<T>(_ what: String, _ body: (PostgresConnection, inout State) throws -> T) throws -> T {
+        try state.withLock { s in
+            let c = try connection(&s)
+            do {
+                return try body(c, &s)
+            } catch let e as VaultError {
+                throw e
+            } catch {
+                if c.isClosed { s.connection = nil }
+                throw VaultError.journal("\(address.url): \(what): \(Self.describe(error))")
+            }
+        }
+    }
+
+    static func describe(_ error: any Error) -> String {
+        if let e = error as? PSQLError {
+            if let message = e.serverInfo?[.message] {
+                return "\(message)" + (e.serverInfo?[.sqlState].map { " (SQLSTATE \($0))" } ?? "")
+            }
+            return "\(e.code)"
+        }
+        return "\(error)"
+    }
+
+    private static func maxSequence(_ c: PostgresConnection, _ logger: Logger) throws -> UInt64 {
+        let rows = try c.query("SELECT coalesce(max(seq), 0)::int8 FROM shredvault_change_sets", logger: logger).wait().rows
+        return UInt64(try rows.first?.decode(Int64.self) ?? 0)
+    }
+
+    private func exists(_ c: PostgresConnection) throws -> Bool {
+        let rows = try c.query("SELECT to_regclass('shredvault_journal') IS NOT NULL", logger: logger).wait().rows
+        return try rows.first?.decode(Bool.self) ?? false
+    }
+
+    // MARK: JournalBackend
+
+    func identity() throws -> [UInt8]? {
+        try run("reading the journal's identity") { c, _ in
+            guard try exists(c) else { return nil }
+            let rows = try c.query("SELECT format, vault_id FROM shredvault_journal", logger: logger).wait().rows
+            guard let row = rows.first else { return nil }
+            let (format, id) = try row.decode((Int32, ByteBuffer).self)
+            guard format == Self.format else {
+                throw VaultError.journal("\(address.url): journal format \(format) is not supported")
+            }
+            return Array(id.readableBytesView)
+        }
+    }
+
+    func create(vaultID: [UInt8]) throws {
+        try run("creating the journal's tables") { c, _ in
+            _ = try c.query("BEGIN", logger: logger).wait()
+            do {
+                for statement: PostgresQuery in [
+                    """
+                    CREATE TABLE IF NOT EXISTS shredvault_journal (
+                        one boolean PRIMARY KEY DEFAULT true CHECK (one), format int4 NOT NULL,
+                        vault_id bytea NOT NULL, head int8 NOT NULL DEFAULT 0)
+                    """,
+                    "CREATE TABLE IF NOT EXISTS shredvault_change_sets (seq int8 PRIMARY KEY, epoch int8 NOT NULL, entry bytea NOT NULL)",
+                    """
+                    CREATE TABLE IF NOT EXISTS shredvault_snapshots (
+                        epoch int8 NOT NULL, seq int8 NOT NULL, parts int4 NOT NULL DEFAULT 0, bytes int8 NOT NULL DEFAULT 0,
+                        complete boolean NOT NULL DEFAULT false, PRIMARY KEY (epoch, seq))
+                    """,
+                    """
+                    CREATE TABLE IF NOT EXISTS shredvault_snapshot_parts (
+                        epoch int8 NOT NULL, seq int8 NOT NULL, part int4 NOT NULL, data bytea NOT NULL,
+                        PRIMARY KEY (epoch, seq, part))
+                    """,
+                    // Sealed bytes do not compress: store them as they are.
+                    "ALTER TABLE shredvault_change_sets ALTER COLUMN entry SET STORAGE EXTERNAL",
+                    "ALTER TABLE shredvault_snapshot_parts ALTER COLUMN data SET STORAGE EXTERNAL",
+                ] {
+                    _ = try c.query(statement, logger: logger).wait()
+                }
+                let inserted = try c.query("""
+                    INSERT INTO shredvault_journal (format, vault_id) VALUES (\(Self.format), \(ByteBuffer(bytes: vaultID)))
+                    ON CONFLICT DO NOTHING
+                    """, logger: logger).wait()
+                guard inserted.metadata.rows == 1 else {
+                    throw VaultError.journal("\(address.url) already holds a journal")
+                }
+                _ = try c.query("COMMIT", logger: logger).wait()
+            } catch {
+                _ = try? c.query("ROLLBACK", logger: logger).wait()
+                throw error
+            }
+        }
+    }
+
+    func lockForWriting() throws {
+        try state.withLock { s in
+            guard !s.lockWanted else { return }
+            s.lockWanted = true
+            // Take it now, on this connection or a new one.
+            if let c = s.connection, !c.isClosed {
+                let taken: Bool
+                do {
+                    taken = try c.query("SELECT pg_try_advisory_lock(\(Self.lockKey))", logger: logger).wait().rows.first?.decode(Bool.self) == true
+                } catch {
+                    s.lockWanted = false
+                    throw VaultError.journal("\(address.url): taking the writer's lock: \(Self.describe(error))")
+                }
+                guard taken else {
+                    s.lockWanted = false
+                    throw VaultError.journal("\(address.url) is in use by another vault process")
+                }
+            } else {
+                do { _ = try connection(&s) } catch {
+                    s.lockWanted = false
+                    throw error
+                }
+            }
+        }
+    }
+
+    func status() throws -> JournalStatus {
+        try run("reading the journal's state") { c, _ in
+            guard try exists(c) else { return JournalStatus(head: 0, recordedHead: nil, tornTail: false, first: 0) }
+            let rows = try c.query("""
+                SELECT coalesce(max(seq), 0)::int8, coalesce(min(seq), 0)::int8, (SELECT head FROM shredvault_journal)
+                FROM shredvault_change_sets
+                """, logger: logger).wait().rows
+            guard let row = rows.first else { return JournalStatus(head: 0, recordedHead: nil, tornTail: false, first: 0) }
+            let (head, first, recorded) = try row.decode((Int64, Int64, Int64?).self)
+            return JournalStatus(head: UInt64(head), recordedHead: recorded.map { UInt64($0) }, tornTail: false, first: UInt64(first))
+        }
+    }
+
+    func prepareForAppend() throws {
+        try run("preparing to append") { c, s in
+            let end = try Self.maxSequence(c, logger)
+            let rows = try c.query("SELECT head FROM shredvault_journal", logger: logger).wait().rows
+            if let recorded = try rows.first?.decode(Int64.self), UInt64(recorded) > end {
+                throw VaultError.journal("\(address.url) ends at change set \(end) but recorded \(recorded) as appended: "
+                                         + "acknowledged change sets were removed from its end")
+            }
+            s.last = end
+            s.inFlight = nil
+        }
+    }
+
+    func append(_ entry: JournalEntry) throws {
+        try run("appending change set \(entry.sequence)") { c, s in
+            if let last = s.last, entry.sequence != last + 1 {
+                throw VaultError.journal("change set \(entry.sequence) does not follow \(last)")
+            }
+            s.inFlight = entry.sequence
+            let seq = Int64(entry.sequence), epoch = Int64(entry.epoch)
+            // One statement, one transaction: the row and the head move together.
+            let result = try c.query("""
+                WITH appended AS (
+                    INSERT INTO shredvault_change_sets (seq, epoch, entry) VALUES (\(seq), \(epoch), \(ByteBuffer(bytes: entry.bytes)))
+                    RETURNING seq)
+                UPDATE shredvault_journal SET head = (SELECT seq FROM appended)
+                """, logger: logger).wait()
+            guard result.metadata.rows == 1 else {
+                throw VaultError.journal("\(address.url): change set \(entry.sequence) was not recorded")
+            }
+            s.last = entry.sequence
+            s.inFlight = nil
+        }
+    }
+
+    func retract(_ entry: JournalEntry) throws {
+        try run("taking back change set \(entry.sequence)") { c, s in
+            let seq = Int64(entry.sequence)
+            _ = try c.query("""
+                WITH removed AS (DELETE FROM shredvault_change_sets WHERE seq = \(seq) RETURNING seq)
+                UPDATE shredvault_journal SET head = \(seq - 1)
+                """, logger: logger).wait()
+            s.last = entry.sequence - 1
+            s.inFlight = nil
+        }
+    }
+
+    func entries(after sequence: UInt64, _ body: (JournalEntry) throws -> Bool) throws {
+        var expected = sequence + 1
+        while true {
+            // A page at a time: a long journal is never held in memory whole.
+            let page: [(UInt64, JournalEntry)] = try run("reading change sets after \(expected - 1)") { c, _ in
+                let rows = try c.query("""
+                    SELECT seq, entry FROM shredvault_change_sets WHERE seq >= \(Int64(expected)) ORDER BY seq LIMIT 512
+                    """, logger: logger).wait().rows
+                return try rows.map { row in
+                    let (seq, bytes) = try row.decode((Int64, ByteBuffer).self)
+                    do {
+                        return (UInt64(seq), try JournalEntry(bytes: Array(bytes.readableBytesView)))
+                    } catch {
+                        throw VaultError.integrity("\(address.url): change set \(seq) is not a ShredVault change set (damaged)")
+                    }
+                }
+            }
+            if page.isEmpty { return }
+            for (seq, entry) in page {
+                guard seq == expected else {
+                    throw VaultError.integrity("\(address.url): change sets \(expected) to \(seq - 1) are missing")
+                }
+                guard entry.sequence == seq else {
+                    throw VaultError.integrity("\(address.url): the row of change set \(seq) holds change set \(entry.sequence)")
+                }
+                expected += 1
+                if try !body(entry) { return }
+            }
+        }
+    }
+
+    func snapshots() throws -> [SnapshotInfo] {
+        try run("listing snapshots") { c, _ in
+            guard try exists(c) else { return [] }
+            let rows = try c.query("SELECT epoch, seq, bytes FROM shredvault_snapshots WHERE complete", logger: logger).wait().rows
+            return try rows.map { row in
+                let (epoch, seq, bytes) = try row.decode((Int64, Int64, Int64).self)
+                return SnapshotInfo(epoch: UInt64(epoch), sequence: UInt64(seq), bytes: Int(bytes))
+            }.sorted()
+        }
+    }
+
+    func writeSnapshot(_ info: SnapshotInfo, _ produce: (([UInt8]) throws -> Void) throws -> Void) throws -> Int {
+        let epoch = Int64(info.epoch), seq = Int64(info.sequence)
+        try run("starting snapshot \(info.epoch)-\(info.sequence)") { c, _ in
+            _ = try c.query("""
+                WITH gone AS (DELETE FROM shredvault_snapshot_parts WHERE epoch = \(epoch) AND seq = \(seq))
+                DELETE FROM shredvault_snapshots WHERE epoch = \(epoch) AND seq = \(seq)
+                """, logger: logger).wait()
+            _ = try c.query("INSERT INTO shredvault_snapshots (epoch, seq) VALUES (\(epoch), \(seq))", logger: logger).wait()
+        }
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(Self.partSize)
+        var part: Int32 = 0
+        var total = 0
+        func flush() throws {
+            guard buffer.readableBytes > 0 else { return }
+            let data = buffer
+            let n = part
+            try run("writing snapshot \(info.epoch)-\(info.sequence)") { c, _ in
+                _ = try c.query("""
+                    INSERT INTO shredvault_snapshot_parts (epoch, seq, part, data) VALUES (\(epoch), \(seq), \(n), \(data))
+                    """, logger: logger).wait()
+            }
+            part += 1
+            buffer.clear()
+        }
+        do {
+            try produce { chunk in
+                var rest = chunk[...]
+                while !rest.isEmpty {
+                    let take = min(rest.count, Self.partSize - buffer.readableBytes)
+                    buffer.writeBytes(rest.prefix(take))
+                    rest = rest.dropFirst(take)
+                    if buffer.readableBytes >= Self.partSize { try flush() }
+                }
+                total += chunk.count
+            }
+            try flush()
+            let parts = part, bytes = Int64(total)
+            try run("publishing snapshot \(info.epoch)-\(info.sequence)") { c, _ in
+                _ = try c.query("""
+                    UPDATE shredvault_snapshots SET parts = \(parts), bytes = \(bytes), complete = true
+                    WHERE epoch = \(epoch) AND seq = \(seq)
+                    """, logger: logger).wait()
+            }
+        } catch {
+            try? removeSnapshot(info)
+            throw error
+        }
+        return total
+    }
+
+    func readSnapshot(_ info: SnapshotInfo, _ consume: ((Int) throws -> [UInt8]) throws -> Void) throws {
+        let epoch = Int64(info.epoch), seq = Int64(info.sequence)
+        let parts: Int32 = try run("opening snapshot \(info.epoch)-\(info.sequence)") { c, _ in
+            let rows = try c.query("""
+                SELECT parts FROM shredvault_snapshots WHERE epoch = \(epoch) AND seq = \(seq) AND complete
+                """, logger: logger).wait().rows
+            guard let n = try rows.first?.decode(Int32.self) else {
+                throw VaultError.journal("\(address.url) holds no snapshot \(info.epoch)-\(info.sequence)")
+            }
+            return n
+        }
+        var next: Int32 = 0
+        var buffer: [UInt8] = []
+        var offset = 0
+        try consume { n in
+            var out: [UInt8] = []
+            out.reserveCapacity(n)
+            while out.count < n {
+                if offset == buffer.count {
+                    guard next < parts else { break }
+                    let part = next
+                    buffer = try run("reading snapshot \(info.epoch)-\(info.sequence)") { c, _ in
+                        let rows = try c.query("""
+                            SELECT data FROM shredvault_snapshot_parts WHERE epoch = \(epoch) AND seq = \(seq) AND part = \(part)
+                            """, logger: logger).wait().rows
+                        guard let data = try rows.first?.decode(ByteBuffer.self) else {
+                            throw VaultError.integrity("\(address.url): part \(part) of snapshot \(info.epoch)-\(info.sequence) is missing")
+                        }
+                        return Array(data.readableBytesView)
+                    }
+                    offset = 0
+                    next += 1
+                }
+                let take = min(n - out.count, buffer.count - offset)
+                out += buffer[offset..<(offset + take)]
+                offset += take
+            }
+            return out
+        }
+    }
+
+    func removeEntries(through sequence: UInt64) throws {
+        try run("removing change sets through \(sequence)") { c, s in
+            // The last change set stays (as a directory journal's last segment does): the head
+            // must remain provable after a snapshot covers everything.
+            let keep = min(Int64(sequence), Int64(s.last ?? sequence) - 1)
+            guard keep > 0 else { return }
+            _ = try c.query("DELETE FROM shredvault_change_sets WHERE seq <= \(keep)", logger: logger).wait()
+        }
+    }
+
+    func removeSnapshot(_ info: SnapshotInfo) throws {
+        let epoch = Int64(info.epoch), seq = Int64(info.sequence)
+        try run("removing snapshot \(info.epoch)-\(info.sequence)") { c, _ in
+            _ = try c.query("""
+                WITH gone AS (DELETE FROM shredvault_snapshot_parts WHERE epoch = \(epoch) AND seq = \(seq))
+                DELETE FROM shredvault_snapshots WHERE epoch = \(epoch) AND seq = \(seq)
+                """, logger: logger).wait()
+        }
+    }
+
+    func close() {
+        let c: PostgresConnection? = state.withLock { s in
+            defer { s.connection = nil; s.closed = true }
+            return s.connection
+        }
+        // Closing the session releases the advisory lock.
+        if let c, !c.isClosed { _ = try? c.close().wait() }
+    }
+
+    deinit { close() }
+}

@@ -1,0 +1,235 @@
+import Foundation
+import Testing
+import LMDB
+import Sodium
+@testable import VaultCore
+
+/// A real PostgreSQL 15 server of the tests' own: a new cluster (`initdb`) in a temporary
+/// directory, run as an unprivileged user (`postgres` when the tests run as root, which
+/// PostgreSQL refuses to be), listening on a Unix socket in that directory only. No mock: the
+/// journal's SQL, its transactions and its advisory lock run against the server itself.
+final class PostgresCluster: @unchecked Sendable {
+    // unchecked: immutable after init; start/stop are called by one test at a time.
+    static let bin = "/usr/lib/postgresql/15/bin"
+    let directory: String
+    let port = 5432
+    var data: String { directory + "/pgdata" }
+    /// The journal's location in this cluster's database `shredvault`.
+    var location: JournalLocation { .postgres(try! PostgresAddress(url: "postgres://shredvault@/shredvault?host=\(directory)")) }
+
+    init() throws {
+        guard FileManager.default.isExecutableFile(atPath: Self.bin + "/initdb") else {
+            throw ClusterError("PostgreSQL 15 is not installed (\(Self.bin)/initdb): run scripts/setup, which installs postgresql-15")
+        }
+        var template = Array("/tmp/svpg-XXXXXX".utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw ClusterError("mkdtemp failed")
+        }
+        directory = String(cString: made)
+        if geteuid() == 0 {
+            guard let pw = getpwnam("postgres") ?? getpwnam("nobody") else { throw ClusterError("no unprivileged user to run PostgreSQL") }
+            chown(directory, pw.pointee.pw_uid, pw.pointee.pw_gid)
+        }
+        chmod(directory, 0o700)
+        try run(Self.bin + "/initdb", ["-D", data, "-U", "shredvault", "-A", "trust", "--no-sync", "-E", "UTF8"])
+        try start()
+        try run(Self.bin + "/createdb", ["-h", directory, "-p", "\(port)", "-U", "shredvault", "shredvault"])
+    }
+
+    func start() throws {
+        try run(Self.bin + "/pg_ctl", ["-D", data, "-l", directory + "/server.log", "-w", "-t", "60", "-o",
+                                       "-k \(directory) -c listen_addresses='' -p \(port) -c fsync=off -c max_connections=20", "start"])
+    }
+
+    func stop() throws {
+        try run(Self.bin + "/pg_ctl", ["-D", data, "-m", "fast", "-w", "stop"])
+    }
+
+    /// Runs SQL in the journal's database with psql (the client the Debian package ships).
+    @discardableResult
+    func sql(_ statement: String) throws -> String {
+        try run("/usr/bin/psql", ["-h", directory, "-p", "\(port)", "-U", "shredvault", "-d", "shredvault", "-At",
+                                  "-v", "ON_ERROR_STOP=1", "-c", statement])
+    }
+
+    deinit {
+        _ = try? run(Self.bin + "/pg_ctl", ["-D", data, "-m", "immediate", "-w", "stop"])
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    /// Runs a program (as the unprivileged user when we are root) and returns its output. With
+    /// posix_spawn and waitpid, output to a file: the server pg_ctl starts keeps every inherited
+    /// descriptor open for its whole life, and outlives pg_ctl.
+    @discardableResult
+    private func run(_ program: String, _ arguments: [String]) throws -> String {
+        var argv = [program] + arguments
+        var executable = program
+        if geteuid() == 0 {
+            executable = "/usr/sbin/runuser"
+            argv = [executable, "-u", getpwnam("postgres") != nil ? "postgres" : "nobody", "--"] + argv
+        }
+        let outFile = "/tmp/svpg-run-" + UUID().uuidString
+        defer { unlink(outFile) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, outFile, O_WRONLY | O_CREAT | O_TRUNC, 0o666)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        let cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+        defer { for p in cArgs { free(p) } }
+        var pid: pid_t = 0
+        let r = posix_spawn(&pid, executable, &actions, nil, cArgs, environ)
+        guard r == 0 else { throw ClusterError("cannot start \(executable): \(String(cString: strerror(r)))") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let text = ((try? String(contentsOfFile: outFile, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+        guard status == 0 else {
+            throw ClusterError("\(program) \(arguments.joined(separator: " ")) failed (status \(status)): \(text)")
+        }
+        return text
+    }
+}
+
+struct ClusterError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+@Suite(.serialized) struct PostgresJournalTests {
+    let acme = tenant("acme-pg")
+
+    @Test func restoreFromPostgreSQLAfterMachineLossWithoutResurrection() async throws {
+        let pg = try PostgresCluster()
+        let jv = try JournaledVault(location: pg.location)
+        let vault = try jv.create()
+        _ = try await vault.createTenant(acme, actor: .system)
+        let a = try await vault.write(try newRecord("cust-a", "alpha"), tenant: acme, actor: agent)
+        let b = try await vault.write(try newRecord("cust-b", "bravo"), tenant: acme, actor: agent)
+        let snapshot = try await vault.snapshot()
+        // After the snapshot: a batch, a correction, an erasure and a deletion in change sets only.
+        let batch = try await vault.writeBatch((0..<50).map { try newRecord("cust-batch-\($0 % 5)", "batch \($0)") },
+                                               tenant: acme, actor: agent).map { try $0.get() }
+        _ = try await vault.correct(b.id, data: payload("bravo, corrected"), tenant: acme, actor: agent)
+        _ = try await vault.erase(subject: try Subject("cust-batch-3"), reference: "rtbf-1", tenant: acme, actor: admin)
+        try await vault.delete(a.id, tenant: acme, actor: admin)
+        let report = try #require(try await vault.journalReport())
+        #expect(report.location.hasPrefix("journal postgres://shredvault@"))
+        #expect(report.sequence > snapshot.sequence)
+        vault.close()
+
+        // The vault's rows are in PostgreSQL, sealed: no plaintext in any of them.
+        let rows = Int(try pg.sql("SELECT count(*) FROM shredvault_change_sets")) ?? 0
+        #expect(rows >= 4)
+        #expect(try pg.sql("SELECT count(*) FROM shredvault_change_sets WHERE position('bravo'::bytea in entry) > 0") == "0")
+        #expect(try pg.sql("SELECT count(*) FROM shredvault_snapshot_parts WHERE position('alpha'::bytea in data) > 0") == "0")
+
+        let headAtLoss = try #require(UInt64(try pg.sql("SELECT head FROM shredvault_journal")))
+        let key = try jv.loseMachine()
+        let restored = jv.dir.path + "/restored"
+        let summary = try await jv.restore(into: restored, keyFile: key)
+        #expect(summary.snapshot == SnapshotInfo(epoch: 1, sequence: snapshot.sequence, bytes: summary.snapshot.bytes))
+        #expect(summary.head == headAtLoss && headAtLoss >= report.sequence)
+        #expect(summary.generation == 2)
+
+        let back = try jv.open(data: restored, keyFile: key)
+        defer { back.close() }
+        await #expect(throws: VaultError.notFound) { try await back.read(a.id, tenant: acme, actor: agent) }
+        #expect(try await back.read(b.id, tenant: acme, actor: agent).data.text == "bravo, corrected")
+        var kept = 0, gone = 0
+        for (i, r) in batch.enumerated() {
+            if i % 5 == 3 {
+                await #expect(throws: VaultError.notFound) { try await back.read(r.id, tenant: acme, actor: agent) }
+                gone += 1
+            } else {
+                #expect(try await back.read(r.id, tenant: acme, actor: agent).data.text == "batch \(i)")
+                kept += 1
+            }
+        }
+        #expect(kept == 40 && gone == 10)
+        #expect(try await back.verifyAudit().isIntact)
+        // The restore's rotation started epoch 2: its snapshot replaced epoch 1's, and the change
+        // sets it covers are gone from the table.
+        let snaps = try pg.sql("SELECT epoch FROM shredvault_snapshots WHERE complete ORDER BY epoch")
+        #expect(snaps == "2")
+    }
+
+    @Test func untrustedOrUnreachablePostgreSQLJournalsAreRefused() async throws {
+        let pg = try PostgresCluster()
+        let jv = try JournaledVault(location: pg.location)
+        let vault = try jv.create()
+        _ = try await vault.createTenant(acme, actor: .system)
+        let a = try await vault.write(try newRecord("cust-a", "alpha"), tenant: acme, actor: agent)
+
+        // One writer: a second vault process on the same database is refused while this one runs.
+        let other = try JournaledVault(location: pg.location)
+        #expect { _ = try other.create() } throws: { "\($0)".contains("in use by another vault process") }
+        #expect(!FileManager.default.fileExists(atPath: other.dir.keyFile), "a refused create left its key behind")
+        #expect(!FileManager.default.fileExists(atPath: other.dir.data + "/keystore"), "a refused create left a vault behind")
+        try await vault.delete(a.id, tenant: acme, actor: admin)
+        vault.close()
+
+        // Another vault's journal.
+        #expect { _ = try other.create() } throws: { "\($0)".contains("journal of another vault") }
+
+        // The erasure's change set removed from the end: opening (or restoring) would bring A back.
+        let head = try pg.sql("SELECT max(seq) FROM shredvault_change_sets")
+        try pg.sql("CREATE TABLE kept AS SELECT * FROM shredvault_change_sets WHERE seq = \(head)")
+        try pg.sql("DELETE FROM shredvault_change_sets WHERE seq = \(head)")
+        #expect { _ = try jv.open() } throws: { "\($0)".contains("removed from its end") }
+        let key = try jv.loseMachine()
+        await #expect { _ = try await jv.restore(into: jv.dir.path + "/r1", keyFile: key) } throws: {
+            "\($0)".contains("its end was cut")
+        }
+        #expect(!FileManager.default.fileExists(atPath: jv.dir.path + "/r1"))
+
+        // Put back, then damaged: the restore names the change set and writes nothing.
+        try pg.sql("INSERT INTO shredvault_change_sets SELECT * FROM kept")
+        try pg.sql("UPDATE shredvault_change_sets SET entry = overlay(entry placing '\\xff'::bytea from 40 for 1) WHERE seq = \(head)")
+        await #expect { _ = try await jv.restore(into: jv.dir.path + "/r2", keyFile: key) } throws: {
+            "\($0)".contains("\(head)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: jv.dir.path + "/r2"))
+        try pg.sql("UPDATE shredvault_change_sets SET entry = (SELECT entry FROM kept) WHERE seq = \(head)")
+
+        // Unreachable: refused, naming the server, nothing written.
+        try pg.stop()
+        await #expect { _ = try await jv.restore(into: jv.dir.path + "/r3", keyFile: key) } throws: {
+            "\($0)".contains("cannot reach postgres://shredvault@")
+        }
+        #expect(!FileManager.default.fileExists(atPath: jv.dir.path + "/r3"))
+        try pg.start()
+        let summary = try await jv.restore(into: jv.dir.path + "/r4", keyFile: key)
+        #expect(summary.head == UInt64(head))
+        let back = try jv.open(data: jv.dir.path + "/r4", keyFile: key)
+        defer { back.close() }
+        await #expect(throws: VaultError.notFound) { try await back.read(a.id, tenant: acme, actor: agent) }
+    }
+
+    @Test func writesAreRefusedWhilePostgreSQLIsDownAndResumeWhenItIsBack() async throws {
+        let pg = try PostgresCluster()
+        let jv = try JournaledVault(location: pg.location)
+        let vault = try jv.create()
+        _ = try await vault.createTenant(acme, actor: .system)
+        let a = try await vault.write(try newRecord("cust-a", "alpha"), tenant: acme, actor: agent)
+
+        try pg.stop()
+        await #expect { _ = try await vault.write(try newRecord("cust-b", "bravo"), tenant: acme, actor: agent) } throws: { error in
+            guard case VaultError.journal = error else { return false }
+            return true
+        }
+        try pg.start()
+        // The next write reconnects, takes the writer's lock again and checks the journal's end.
+        let c = try await vault.write(try newRecord("cust-c", "charlie"), tenant: acme, actor: agent)
+        #expect(try await vault.read(a.id, tenant: acme, actor: agent).data.text == "alpha")
+        vault.close()
+
+        let key = try jv.loseMachine()
+        _ = try await jv.restore(into: jv.dir.path + "/restored", keyFile: key)
+        let back = try jv.open(data: jv.dir.path + "/restored", keyFile: key)
+        defer { back.close() }
+        #expect(try await back.read(c.id, tenant: acme, actor: agent).data.text == "charlie")
+        let listed = try await back.records(of: try Subject("cust-b"), tenant: acme, actor: admin)
+        #expect(listed.isEmpty, "the refused write came back")
+    }
+}
