@@ -8,7 +8,11 @@ extension VaultServer {
         var after: UInt64 = 0
         var limit = 100
         if let a = q.get("after") {
-            guard let v = UInt64(a) else { throw Problem(.badRequest, "\"after\" must be a sequence number") }
+            // Capped at the largest signed 64-bit integer, as openapi.yaml declares (format
+            // int64): clients in languages without unsigned 64-bit integers can send any value.
+            guard let v = UInt64(a), v <= UInt64(Int64.max) else {
+                throw Problem(.badRequest, "\"after\" must be a sequence number from 0 to \(Int64.max)")
+            }
             after = v
         }
         if let l = q.get("limit") {

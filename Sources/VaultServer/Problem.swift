@@ -81,6 +81,8 @@ public struct Problem: HTTPResponseError, Sendable {
 /// and anything else is a logged 500 with nothing of the request in it.
 struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
     let storageFull = StorageFullLog()
+    /// The served routes: an unmatched request whose path is served gets 405 with `Allow`.
+    let routes: RouteIndex
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
@@ -103,8 +105,18 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
         } catch let e as HTTPError {
             switch e.status {
             case .contentTooLarge: throw Problem(.contentTooLarge, "request body is larger than the limit")
-            case .notFound: throw Problem(.notFound, "no such route")
-            case .methodNotAllowed: throw Problem(.methodNotAllowed, "method not allowed on this route")
+            case .notFound:
+                // Hummingbird answers 404 whenever path and method do not match together.
+                if let allowed = routes.methods(forPath: request.uri.path) {
+                    var p = Problem(.methodNotAllowed, "method not allowed on this route")
+                    p.extraHeaders[.allow] = allowed.joined(separator: ", ")
+                    throw p
+                }
+                throw Problem(.notFound, "no such route")
+            case .methodNotAllowed:
+                var p = Problem(.methodNotAllowed, "method not allowed on this route")
+                if let allowed = routes.methods(forPath: request.uri.path) { p.extraHeaders[.allow] = allowed.joined(separator: ", ") }
+                throw p
             default: throw Problem(e.status, e.status.reasonPhrase)
             }
         } catch {

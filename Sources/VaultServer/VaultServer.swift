@@ -60,7 +60,7 @@ public struct VaultServer: Sendable {
         let router = Router(context: VaultRequestContext.self)
         router.add(middleware: MetricsMiddleware())
         if let authBackoff { router.add(middleware: AuthBackoffMiddleware(backoff: authBackoff, logger: logger)) }
-        router.add(middleware: ProblemMiddleware())
+        router.add(middleware: ProblemMiddleware(routes: RouteIndex(routes)))
         addRoutes(RouteTable(router))
         return router
     }

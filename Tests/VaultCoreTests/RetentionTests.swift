@@ -174,20 +174,26 @@ import Sodium
         defer { tv.vault.close() }
         let v = tv.vault
         let future = tv.clock.now + day * 1000
-        for (seconds, categories, reference, until) in [
-            (Int64(0), [DataCategory.personal], "r", future),
-            (-1, [.personal], "r", future),
-            (day, [], "r", future),
-            (day, [.personal], "", future),
-            (day, [.personal], String(repeating: "x", count: 201), future),
-            (day, [.personal], "r", tv.clock.now),
-            (day, [.personal], "r", tv.clock.now - 1),
+        // Malformed input is invalidArgument (400); an `until` that is not in the future is
+        // well-formed but refused (422).
+        for (seconds, categories, reference, until, malformed) in [
+            (Int64(0), [DataCategory.personal], "r", future, true),
+            (-1, [.personal], "r", future, true),
+            (day, [], "r", future, true),
+            (day, [.personal], "", future, true),
+            (day, [.personal], String(repeating: "x", count: 201), future, true),
+            (day, [.personal], "r", tv.clock.now, false),
+            (day, [.personal], "r", tv.clock.now - 1, false),
         ] {
             let error = await #expect(throws: VaultError.self) {
                 try await v.addRetentionExtension(purpose: .legal, reference: reference, retentionSeconds: seconds,
                                                   categories: categories, until: until, tenant: acme, actor: admin)
             }
-            #expect({ if case .invalidArgument = error { true } else { false } }())
+            if malformed {
+                #expect({ if case .invalidArgument = error { true } else { false } }())
+            } else {
+                #expect({ if case .refused = error { true } else { false } }())
+            }
         }
         #expect(try await v.retention(tenant: acme).extensions.isEmpty)
     }

@@ -105,6 +105,7 @@ func checkDuration(_ text: String, option: String) throws {
     do { _ = try ISODuration.seconds(text, field: option) } catch let e as VaultError {
         // VaultCore's message already names the option ("--default must be an ISO 8601 duration…").
         if case .invalidArgument(let message) = e { throw ValidationError(message) }
+        if case .refused(let message) = e { throw ValidationError(message) }
         throw ValidationError("\(option): \(e)")
     }
 }

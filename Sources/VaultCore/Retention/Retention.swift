@@ -104,7 +104,8 @@ extension Vault {
             let dbs = self.writer.stores.ks
             let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             let now = context.now
-            guard until > now else { throw VaultError.invalidArgument("until must be in the future") }
+            // A well-formed time that is already past: refused by policy (422), not malformed (400).
+            guard until > now else { throw VaultError.refused("until must be in the future") }
             let id = RecordID.generate(milliseconds: now)
             var unique: [DataCategory] = []
             for c in categories where !unique.contains(c) { unique.append(c) }
