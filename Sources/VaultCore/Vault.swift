@@ -20,7 +20,7 @@ public struct VaultConfiguration: Sendable {
     public static let defaultBucketWidthSeconds: Int64 = 86_400
 
     /// The expiry-bucket width asked for, in seconds: records whose `expires_at` falls in the
-    /// same window share one bucket key, destroyed when the window is past (DESIGN.md, Key
+    /// same window share one bucket key, destroyed when the window is past (docs/architecture.md, Key
     /// hierarchy). The width is recorded in the vault when it is created and never changes:
     /// `Vault.create` records this width (nil: P1D); `Vault.open` uses the recorded width when
     /// this is nil and refuses any other width (it would move every expiry).
@@ -38,7 +38,7 @@ public struct VaultConfiguration: Sendable {
     /// in dirty pages (about 1 KiB per record), whatever the size of the vault.
     public var rotationChunkSize: Int = 10_000
     public var clock: VaultClock = .system
-    /// The journal every write is appended to (DESIGN.md, Journal); nil: none (one copy of the
+    /// The journal every write is appended to (docs/operations.md, Journal); nil: none (one copy of the
     /// data, on this disk).
     public var journal: JournalSettings? = nil
     /// Open a vault that wrote a journal without one: its journal falls behind from here on.

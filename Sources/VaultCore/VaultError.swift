@@ -2,7 +2,7 @@
 /// versions, never plaintext, key bytes, subjects or tokens.
 public enum VaultError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The record is unknown, belongs to another tenant, has expired or was erased.
-    /// Deliberately one case: the caller cannot tell which (DESIGN.md, Lifecycles).
+    /// Deliberately one case: the caller cannot tell which (docs/architecture.md, Lifecycles).
     case notFound
     /// No such tenant, or it was offboarded.
     case tenantNotFound(String)

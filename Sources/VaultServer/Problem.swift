@@ -6,7 +6,7 @@ import Locking
 import Logging
 
 /// An error answer: `application/problem+json` with `type`, `title`, `status`, `detail`
-/// (API.md, Conventions). `detail` never echoes payloads, subjects or tokens: it is built
+/// (docs/api.md, Conventions). `detail` never echoes payloads, subjects or tokens: it is built
 /// only from our own messages, which name fields, record ids and limits.
 public struct Problem: HTTPResponseError, Sendable {
     public let status: HTTPResponse.Status
@@ -58,7 +58,7 @@ public struct Problem: HTTPResponseError, Sendable {
     static func forbidden() -> Problem { Problem(.forbidden, "this token's role may not use this route") }
     static let recordNotFound = Problem(.notFound, "no such record")
 
-    /// The one place a vault error becomes an HTTP status (API.md's table).
+    /// The one place a vault error becomes an HTTP status (docs/api.md's table).
     static func from(_ error: VaultError) -> Problem {
         switch error {
         case .notFound: return recordNotFound

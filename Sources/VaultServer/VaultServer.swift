@@ -13,7 +13,7 @@ import Glibc
 #endif
 
 public struct ServerConfiguration: Sendable {
-    /// The Unix socket the daemon serves on (API.md: `<data-dir>/shredvault.sock`, mode 0660).
+    /// The Unix socket the daemon serves on (docs/api.md: `<data-dir>/shredvault.sock`, mode 0660).
     public var socketPath: String
     /// An optional loopback TCP listener, `127.0.0.1:PORT`.
     public var listen: (host: String, port: Int)?
@@ -42,7 +42,7 @@ public struct ServerConfiguration: Sendable {
     }
 }
 
-/// The HTTP face of a vault: every route of API.md, on a Unix socket.
+/// The HTTP face of a vault: every route of docs/api.md, on a Unix socket.
 public struct VaultServer: Sendable {
     public let vault: Vault
     public let configuration: ServerConfiguration

@@ -235,7 +235,7 @@ private func withKeystore<R>(_ tv: TestVault, _ body: (borrowing Transaction, En
         #expect(try await tv.vault.auditEntries(tenant: nil, after: 0, limit: 0).isEmpty)
     }
 
-    // MARK: Tenant numbering (DESIGN.md, Roles and isolation)
+    // MARK: Tenant numbering (docs/architecture.md, Roles and isolation)
 
     /// A tenant's entries, receipts and pages count in the tenant's own sequence: another
     /// tenant's operations change none of them.

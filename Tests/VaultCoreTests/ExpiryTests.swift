@@ -186,7 +186,7 @@ import LMDB
     }
 
     /// A crash between the record-store commit and the keystore commit leaves ciphertext with
-    /// no wrapped DEK (DESIGN.md, Storage); the sweeper removes it and nothing else.
+    /// no wrapped DEK (docs/architecture.md, Storage); the sweeper removes it and nothing else.
     @Test func sweepRemovesOrphanCiphertextsOnly() async throws {
         let tv = try TestVault(bucketWidthSeconds: width, sweepBatchSize: 2)
         _ = try await tv.vault.createTenant(acme, actor: .system)
@@ -237,7 +237,7 @@ import LMDB
     }
 
     /// BUG: an expired record must stay unreadable ("refuse if expired even before any
-    /// sweep"; DESIGN.md: before the rotation "the record is already unreadable through every
+    /// sweep"; docs/architecture.md: before the rotation "the record is already unreadable through every
     /// API"). A subject hold placed *after* expires_at but before the sweep makes it readable
     /// again (`ResolvedTenant.live` accepts any expired record that is held now), and the next
     /// sweep re-wraps it into the holding bucket, keeping it indefinitely.

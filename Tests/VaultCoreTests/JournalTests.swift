@@ -282,7 +282,7 @@ struct JournaledVault {
         _ = try await jv.restore(into: jv.dir.path + "/r4", keyFile: key)
     }
 
-    /// DESIGN.md: after an erasure and one rotation, no copy of the journal from before — its
+    /// docs/architecture.md: after an erasure and one rotation, no copy of the journal from before — its
     /// change sets, its snapshot — opens with the current key file, and none holds a DEK, a
     /// tenant name, a record id or a subject in clear.
     @Test func shreddingReachesEveryCopyOfTheJournal() async throws {

@@ -5,7 +5,7 @@ import Sodium
 @Suite struct RetentionTests {
     let acme = tenant("acme")
     let day: Int64 = 86_400
-    /// The standard maximum, from its ISO form (DESIGN.md, Principles 2: 92 days).
+    /// The standard maximum, from its ISO form (docs/architecture.md, Principles 2: 92 days).
     let standard = try! ISODuration.seconds("P92D")
 
     private func freshTenant() async throws -> TestVault {

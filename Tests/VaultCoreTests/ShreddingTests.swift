@@ -4,7 +4,7 @@ import LMDB
 import Sodium
 @testable import VaultCore
 
-/// DESIGN.md, "The shredding guarantee": after an erasure (or expiry) and one rotation,
+/// docs/architecture.md, "The shredding guarantee": after an erasure (or expiry) and one rotation,
 /// every file of the data directory from any earlier time plus the current `keys/`
 /// directory cannot decrypt the erased records.
 @Suite struct ShreddingTests {

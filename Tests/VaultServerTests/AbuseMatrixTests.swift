@@ -10,7 +10,7 @@ import VaultServer
 /// with ids of tenant A, of tenant B and unknown ones. Extends `IsolationTests` (which probes
 /// the record routes by hand) to the whole API:
 ///
-/// - the role rules of API.md hold (403 for a wrong role, whatever the ids);
+/// - the role rules of docs/api.md hold (403 for a wrong role, whatever the ids);
 /// - another tenant's ids answer like unknown ids, byte for byte outside request-specific
 ///   fields (new ids, times, audit positions, the tag of the subject sent);
 /// - no answer to one tenant names another tenant's ids, subjects, tags, tokens or payloads,
@@ -622,7 +622,7 @@ struct AbuseProbe: Sendable {
     }
 }
 
-/// One request shape of a route: who may send it (API.md) and how to aim it at an owner's ids.
+/// One request shape of a route: who may send it (docs/api.md) and how to aim it at an owner's ids.
 struct AbuseVariant: Sendable {
     let route: String
     /// Distinguishes shapes of one route (" (export)").
@@ -656,7 +656,7 @@ struct AbuseVariant: Sendable {
     }
 }
 
-/// API.md's role rules, route by route. `own` targets are fresh objects ("fodder") where the
+/// docs/api.md's role rules, route by route. `own` targets are fresh objects ("fodder") where the
 /// request would change them; another tenant's targets are always its core objects.
 enum AbuseRules {
     static let tenantRoles: [Role: AbuseExpect] = [.agent: .always(200), .admin: .always(200)]

@@ -120,7 +120,7 @@ extension HTTPResponse {
 
     var text: String { String(decoding: body, as: UTF8.self) }
 
-    /// The problem+json shape of API.md.
+    /// The problem+json shape of docs/api.md.
     var isProblem: Bool {
         guard header("content-type") == "application/problem+json", let o = try? object() else { return false }
         return o["type"] is String && o["title"] is String && (o["status"] as? Int) == status && o["detail"] is String

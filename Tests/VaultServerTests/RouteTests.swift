@@ -4,7 +4,7 @@ import VaultClient
 import VaultCore
 import VaultServer
 
-/// Every route and every status of API.md's table, through the real socket.
+/// Every route and every status of docs/api.md's table, through the real socket.
 @Suite struct RouteTests {
     let record: [String: Any] = ["subject": "cust-123", "category": "personal", "channel": "phone",
                                  "data": ["note": "called about invoice 77", "n": 3]]

@@ -13,7 +13,7 @@ struct CLIError: Error, CustomStringConvertible {
 }
 
 /// An error answer from the daemon (`application/problem+json`), already safe to print:
-/// the server builds `detail` only from its own messages (API.md, Conventions).
+/// the server builds `detail` only from its own messages (docs/api.md, Conventions).
 struct DaemonProblem: Error, CustomStringConvertible {
     let status: Int
     let title: String

@@ -17,13 +17,13 @@ struct AuditHead: Equatable {
     }
 }
 
-/// One audit entry (DESIGN.md, Audit). Never holds a subject, payload, token or key
+/// One audit entry (docs/architecture.md, Audit). Never holds a subject, payload, token or key
 /// byte: targets are record ids, subject *tags*, hold or extension ids.
 ///
 /// Two views read entries. The chain view (the operator's, and verification) numbers them
 /// by their place in the vault-wide chain and carries `prev`. A tenant's view numbers its
 /// own entries 1, 2, 3... in the tenant's own sequence and carries no `prev`: the chain's
-/// numbering and links count and order every other tenant's operations (DESIGN.md, Roles
+/// numbering and links count and order every other tenant's operations (docs/architecture.md, Roles
 /// and isolation).
 public struct AuditEntry: Sendable, Equatable {
     /// The chain's sequence number in the chain view; the tenant's own sequence number in a

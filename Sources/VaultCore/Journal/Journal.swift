@@ -1,4 +1,4 @@
-/// Where a vault's journal lives (DESIGN.md, "Journal, backups and standbys").
+/// Where a vault's journal lives (docs/operations.md, "Journal, snapshots and restore").
 public enum JournalLocation: Sendable, Equatable, CustomStringConvertible {
     /// Append-only segment files and sealed snapshots in a directory, meant for another disk.
     case directory(String)

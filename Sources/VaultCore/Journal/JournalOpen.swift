@@ -3,7 +3,7 @@ import Sodium
 
 /// How a vault opens with its journal: the journal's identity is checked, what the journal holds
 /// beyond the vault's last change set is replayed, and a journal that cannot be trusted to hold
-/// everything the vault acknowledged is refused (DESIGN.md, Journal).
+/// everything the vault acknowledged is refused (docs/operations.md, Journal).
 public struct JournalSettings: Sendable {
     public var location: JournalLocation
     /// Start a new journal at this (empty) location from a snapshot of the vault, although the

@@ -14,7 +14,7 @@ enum KeyedHashDigest {
     static func of(_ bytes: [UInt8]) -> [UInt8] { KeyedHash.hash(bytes, outputCount: 32) }
 }
 
-/// The key hierarchy of DESIGN.md: how each key is wrapped and what associated data
+/// The key hierarchy of docs/architecture.md: how each key is wrapped and what associated data
 /// binds it. Every wrap is XChaCha20-Poly1305-IETF with a random nonce; the AD names
 /// the key's role and position, so a wrapped key moved anywhere else fails to open.
 ///

@@ -3,7 +3,7 @@ import Glibc
 #endif
 public import Sodium
 
-/// The master key file: the root of the key hierarchy, outside LMDB (DESIGN.md).
+/// The master key file: the root of the key hierarchy, outside LMDB (docs/architecture.md).
 ///
 /// Layout (45 bytes): `"SVMK"` magic, a format byte (1), the generation (u64, big-endian),
 /// then the 32-byte key. The generation lets the keystore say which key wraps its tenant

@@ -21,7 +21,7 @@ public struct RotationSummary: Sendable, Equatable {
     public var skipped: [String] = []
 }
 
-/// Rotation (DESIGN.md, Lifecycles, Rotate) as a sequence of bounded steps, each one
+/// Rotation (docs/architecture.md, Lifecycles, Rotate) as a sequence of bounded steps, each one
 /// exclusive operation of the writer, so group-committed batches run between them:
 ///
 /// 1. *open rings*: every dirty bucket gets a new key version beside its current one
@@ -321,7 +321,7 @@ final class Rotation: @unchecked Sendable {
 }
 
 extension Vault {
-    /// Rotates the key hierarchy and compacts the keystore (DESIGN.md, Rotate). After it,
+    /// Rotates the key hierarchy and compacts the keystore (docs/architecture.md, Rotate). After it,
     /// no key reachable from the current master key opens anything erased or expired before.
     ///
     /// The steps run as separate exclusive operations of the writer, so writes and reads go on

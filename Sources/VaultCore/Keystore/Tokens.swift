@@ -2,7 +2,7 @@ import LMDB
 public import Sodium
 import Locking
 
-/// The three roles of DESIGN.md, "Roles and isolation".
+/// The three roles of docs/architecture.md, "Roles and isolation".
 public enum Role: String, Sendable, CaseIterable, Codable {
     case agent, admin, `operator`
 

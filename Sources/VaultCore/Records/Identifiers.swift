@@ -18,7 +18,7 @@ public struct TenantID: Hashable, Sendable, Comparable, CustomStringConvertible 
 
 /// A record id: 128 bits, time-ordered (ULID layout: 48-bit milliseconds since the
 /// epoch, then 80 random bits), written as 26 Crockford base32 characters.
-/// Time order keeps LMDB appends at the right edge of the B-tree (DESIGN.md).
+/// Time order keeps LMDB appends at the right edge of the B-tree (docs/architecture.md).
 public struct RecordID: Hashable, Sendable, Comparable, CustomStringConvertible {
     public let bytes: [UInt8]  // 16
 
@@ -82,7 +82,7 @@ public struct RecordID: Hashable, Sendable, Comparable, CustomStringConvertible 
     public static func < (a: RecordID, b: RecordID) -> Bool { a.bytes.lexicographicallyPrecedes(b.bytes) }
 }
 
-/// The three classes of personal data (DESIGN.md, Data model).
+/// The three classes of personal data (docs/architecture.md, Data model).
 public enum DataCategory: String, CaseIterable, Sendable, Codable, Hashable {
     case personal
     case nonPersonal = "non_personal"

@@ -1,6 +1,6 @@
 import LMDB
 
-/// A tenant's data map (DESIGN.md, Principles 6): what is held, how much, and what expires when.
+/// A tenant's data map (docs/architecture.md, Principles 6): what is held, how much, and what expires when.
 public struct TenantReport: Sendable, Equatable {
     public var records = 0
     public var bytes = 0

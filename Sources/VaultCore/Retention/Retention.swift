@@ -7,7 +7,7 @@ public struct RetentionState: Sendable, Equatable {
     public let extensions: [RetentionExtension]
 }
 
-/// Retention rules (DESIGN.md, Principles 2):
+/// Retention rules (docs/architecture.md, Principles 2):
 /// - a record is kept for its category's policy value (default P92D);
 /// - no policy value may exceed P92D unless an active extension contract covering that
 ///   category allows it (`allowedMaximum`);

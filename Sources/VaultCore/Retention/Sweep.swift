@@ -20,7 +20,7 @@ public struct SweepSummary: Sendable, Equatable {
     public var totalMilliseconds: Int64 = 0
 }
 
-/// Expiry (DESIGN.md, Lifecycles, Expire), run on the writer thread alone:
+/// Expiry (docs/architecture.md, Lifecycles, Expire), run on the writer thread alone:
 /// 1. one transaction destroys the key of every bucket whose window is past, after
 ///    re-wrapping held records into the tenant's holding bucket; lifted holds let their
 ///    past-due records in the holding bucket die one by one;

@@ -20,7 +20,7 @@ protocol ExclusiveOperation: AnyObject {
 }
 
 /// Thrown by an operation that must fail *after* committing what it wrote: a refusal
-/// (legal hold, read of an unknown id) is itself audited (DESIGN.md, Lifecycles).
+/// (legal hold, read of an unknown id) is itself audited (docs/architecture.md, Lifecycles).
 struct AuditedRefusal: Error {
     let error: VaultError
 }
@@ -74,7 +74,7 @@ struct KeystoreDatabases {
     }
 }
 
-/// The single writer of DESIGN.md's group commit: its own thread (never the cooperative
+/// The single writer of docs/architecture.md's group commit: its own thread (never the cooperative
 /// pool, whose two threads must not block on fsync) takes up to `maxBatch` queued
 /// operations, runs each in child transactions of one keystore and one record-store write
 /// transaction, commits the record store first and the keystore second (a record exists

@@ -1,6 +1,6 @@
 import LMDB
 
-/// The named LMDB databases and their key encodings (DESIGN.md, Storage).
+/// The named LMDB databases and their key encodings (docs/architecture.md, Storage).
 ///
 /// Keystore keys start with the tenant's internal number (u32, never reused), so a
 /// tenant's entries are one contiguous range and ids of one tenant can never address

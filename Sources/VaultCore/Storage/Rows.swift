@@ -6,7 +6,7 @@ struct TenantRow: Equatable {
     var number: UInt32
     var status: Status
     var createdAt: Int64
-    /// Renewed by each rotation (DESIGN.md, Rotate step 2); part of every AD under the TRK.
+    /// Renewed by each rotation (docs/architecture.md, Rotate step 2); part of every AD under the TRK.
     var trkGeneration: UInt32
     /// TRK sealed under the master key; empty once offboarded (the key is destroyed).
     var wrappedTRK: [UInt8]
@@ -147,7 +147,7 @@ struct BucketRow: Equatable {
 }
 
 /// What the keystore holds about one record: only what expiry and routing need in clear
-/// (DESIGN.md, Principles 1), plus the record's data key wrapped under its bucket key.
+/// (docs/architecture.md, Principles 1), plus the record's data key wrapped under its bucket key.
 struct RecordMeta: Equatable {
     var category: DataCategory
     var channel: Channel
