@@ -17,7 +17,9 @@ final class PostgresCluster: @unchecked Sendable {
     /// The journal's location in this cluster's database `shredvault`.
     var location: JournalLocation { .postgres(try! PostgresAddress(url: "postgres://shredvault@/shredvault?host=\(directory)")) }
 
-    init() throws {
+    /// A new cluster, or a streaming replica of `primary` (`pg_basebackup -R`, a standby that
+    /// follows the primary's WAL and can be promoted).
+    init(replicaOf primary: PostgresCluster? = nil) throws {
         guard FileManager.default.isExecutableFile(atPath: Self.bin + "/initdb") else {
             throw ClusterError("PostgreSQL 15 is not installed (\(Self.bin)/initdb): run scripts/setup, which installs postgresql-15")
         }
@@ -31,9 +33,41 @@ final class PostgresCluster: @unchecked Sendable {
             chown(directory, pw.pointee.pw_uid, pw.pointee.pw_gid)
         }
         chmod(directory, 0o700)
-        try run(Self.bin + "/initdb", ["-D", data, "-U", "shredvault", "-A", "trust", "--no-sync", "-E", "UTF8"])
-        try start()
-        try run(Self.bin + "/createdb", ["-h", directory, "-p", "\(port)", "-U", "shredvault", "shredvault"])
+        if let primary {
+            try run(Self.bin + "/pg_basebackup", ["-h", primary.directory, "-p", "\(primary.port)", "-U", "shredvault",
+                                                 "-D", data, "-R", "-X", "stream", "--no-sync", "-c", "fast"])
+            // Its name in the primary's synchronous_standby_names.
+            try run("/bin/sh", ["-c", "echo \"cluster_name = 'standby'\" >> \(data)/postgresql.auto.conf"])
+            try start()
+        } else {
+            try run(Self.bin + "/initdb", ["-D", data, "-U", "shredvault", "-A", "trust", "--no-sync", "-E", "UTF8"])
+            try start()
+            try run(Self.bin + "/createdb", ["-h", directory, "-p", "\(port)", "-U", "shredvault", "shredvault"])
+        }
+    }
+
+    /// Makes commits wait until the standby has them (RPO 0 across the two machines).
+    func requireSynchronousStandby() throws {
+        try sql("ALTER SYSTEM SET synchronous_standby_names = 'standby'")
+        try sql("SELECT pg_reload_conf()")
+    }
+
+    /// Waits until a standby streams synchronously from this primary.
+    func waitForSynchronousStandby() throws {
+        for _ in 0..<300 {
+            if try sql("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'") == "1" { return }
+            usleep(100_000)
+        }
+        throw ClusterError("no synchronous standby after 30 s")
+    }
+
+    func promote() throws {
+        try run(Self.bin + "/pg_ctl", ["-D", data, "-w", "promote"])
+    }
+
+    /// Kills the server without a shutdown (the machine is lost).
+    func crash() throws {
+        try run(Self.bin + "/pg_ctl", ["-D", data, "-m", "immediate", "-w", "stop"])
     }
 
     func start() throws {
@@ -152,6 +186,50 @@ struct ClusterError: Error, CustomStringConvertible {
         // sets it covers are gone from the table.
         let snaps = try pg.sql("SELECT epoch FROM shredvault_snapshots WHERE complete ORDER BY epoch")
         #expect(snaps == "2")
+    }
+
+    /// The journal crosses a replicated engine: the vault journals into a primary whose commits
+    /// wait for a streaming standby (`pg_basebackup -R`, synchronous); the primary is lost with the
+    /// vault's machine; the standby is promoted and the vault restored from it, with every
+    /// acknowledged write and no erased record.
+    @Test func restoreFromAPromotedStreamingReplica() async throws {
+        let primary = try PostgresCluster()
+        let standby = try PostgresCluster(replicaOf: primary)
+        try primary.requireSynchronousStandby()
+        try primary.waitForSynchronousStandby()
+
+        var jv = try JournaledVault(location: primary.location)
+        let vault = try jv.create()
+        _ = try await vault.createTenant(acme, actor: .system)
+        let kept = try await vault.write(try newRecord("cust-kept", "kept"), tenant: acme, actor: agent)
+        let erased = try await vault.write(try newRecord("cust-erased", "erased"), tenant: acme, actor: agent)
+        _ = try await vault.snapshot()
+        let late = try await vault.writeBatch((0..<20).map { try newRecord("cust-late", "late \($0)") },
+                                              tenant: acme, actor: agent).map { try $0.get() }
+        _ = try await vault.erase(subject: try Subject("cust-erased"), reference: "rtbf", tenant: acme, actor: admin)
+        vault.close()
+        let head = try primary.sql("SELECT head FROM shredvault_journal")
+
+        // The vault's machine and the primary are lost together.
+        try primary.crash()
+        let key = try jv.loseMachine()
+        #expect(try standby.sql("SELECT pg_is_in_recovery()") == "t")
+        try standby.promote()
+        #expect(try standby.sql("SELECT head FROM shredvault_journal") == head, "an acknowledged change set is not on the standby")
+
+        jv.location = standby.location
+        let restored = jv.dir.path + "/restored"
+        let summary = try await jv.restore(into: restored, keyFile: key)
+        #expect(summary.head == UInt64(head))
+        jv.configuration.journal = jv.settings
+        let back = try jv.open(data: restored, keyFile: key)
+        defer { back.close() }
+        #expect(try await back.read(kept.id, tenant: acme, actor: agent).data.text == "kept")
+        for (i, r) in late.enumerated() {
+            #expect(try await back.read(r.id, tenant: acme, actor: agent).data.text == "late \(i)")
+        }
+        await #expect(throws: VaultError.notFound) { try await back.read(erased.id, tenant: acme, actor: agent) }
+        #expect(try await back.verifyAudit().isIntact)
     }
 
     @Test func untrustedOrUnreachablePostgreSQLJournalsAreRefused() async throws {
