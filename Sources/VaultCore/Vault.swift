@@ -144,9 +144,16 @@ public final class Vault: Sendable {
                             initialise: true)
         } catch {
             // Refused (a journal that cannot be used, a full disk): leave no half-made vault behind,
-            // and no key of a vault that never was.
-            for environment in ["keystore", "records"] { try? Posix.shredTree(dataDirectory + "/" + environment) }
-            try? Posix.shred(masterKeyFile)
+            // and no key of a vault that never was. What cannot be removed is named.
+            var left: [String] = []
+            for path in [dataDirectory + "/keystore", dataDirectory + "/records"] {
+                do { try Posix.shredTree(path) } catch { left.append(path) }
+            }
+            do { try Posix.shred(masterKeyFile) } catch { left.append(masterKeyFile) }
+            guard left.isEmpty else {
+                throw VaultError.dataDirectory("\(error); and could not remove \(left.joined(separator: ", ")): "
+                                               + "remove them before creating the vault again")
+            }
             throw error
         }
     }

@@ -209,8 +209,12 @@ public enum Restore {
         var succeeded = false
         defer {
             if !succeeded {
-                try? Posix.shredTree(work)
-                for f in [workKey, workKey + ".next", workKey + ".tmp", workKey + ".next.tmp"] { try? Posix.shred(f) }
+                // A defer cannot throw: what is left of the unfinished restore (a key file among
+                // them) is named instead of passed over.
+                do { try Posix.shredTree(work) } catch { progress?("could not remove \(work): \(error); remove it") }
+                for f in [workKey, workKey + ".next", workKey + ".tmp", workKey + ".next.tmp"] {
+                    do { try Posix.shred(f) } catch { progress?("could not shred \(f): \(error); shred it") }
+                }
             }
         }
         // Everything that can refuse, before anything is decrypted or written.
@@ -243,7 +247,7 @@ public enum Restore {
         backend.close()
 
         // The snapshot into a new directory, then an ordinary open that replays the journal.
-        try? Posix.shredTree(work)
+        try Posix.shredTree(work)  // left by an earlier restore that was killed
         try Posix.makeDirectory(work)
         progress?("restoring snapshot \(hex16(snapshot.epoch))-\(hex16(snapshot.sequence)) (\(snapshot.bytes) bytes)")
         try MasterKeyFile(path: workKey).write(key: loaded.key, generation: loaded.generation, to: workKey)
