@@ -1,5 +1,6 @@
 public import Hummingbird
 import HummingbirdCore
+import ServiceLifecycle
 public import UnixSignals
 public import Logging
 import NIOCore
@@ -119,6 +120,11 @@ public struct VaultServer: Sendable {
     /// narrowed around the bind, so no request can arrive on a wider socket) and removed
     /// at the end. If the socket file is removed while the daemon runs, it says so and binds
     /// a new one (connections already open carry on).
+    ///
+    /// The listeners, the socket watch and any re-bound listener are services of one
+    /// `ServiceGroup`, which alone handles the signals: once a graceful shutdown has begun the
+    /// group takes no new service, so the socket file a stopping listener removes is never
+    /// taken for an operator's deletion and re-bound by a listener no signal would reach.
     public func run(logger: Logger, gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint],
                     onRunning: @escaping @Sendable () async -> Void = {}) async throws {
         try Self.prepareSocket(configuration.socketPath)
@@ -134,12 +140,11 @@ public struct VaultServer: Sendable {
         let server = HTTPServerBuilder.http1(configuration: .init(
             additionalChannelHandlers: [FlushBeforeCloseHandler(limit: deadline),
                                         RequestDeadlineHandler(limit: deadline, logger: logger)]))
-        let signals = gracefulShutdownSignals
         // The process's own umask, put back if a re-bind fails before it could restore it.
         let processUmask = umask(0o077)
         umask(processUmask)
 
-        @Sendable func unixApplication(onBound: @escaping @Sendable () async -> Void) -> some ApplicationProtocol {
+        @Sendable func unixApplication(onBound: @escaping @Sendable () async -> Void) -> some Service {
             let previous = umask(0o117)
             return Application(
                 responder: responder, server: server,
@@ -156,56 +161,34 @@ public struct VaultServer: Sendable {
                 logger: logger)
         }
 
-        enum Event: Sendable { case stopped, socketGone, watchEnded }
-        let stopping = StopFlag()
-        try await withThrowingTaskGroup(of: Event.self) { group in
-            let first = unixApplication(onBound: onRunning)
-            group.addTask { try await first.runService(gracefulShutdownSignals: signals); return .stopped }
-            if let listen = configuration.listen {
-                let tcp = Application(
-                    responder: responder, server: server,
-                    configuration: .init(address: .hostname(listen.host, port: listen.port), serverName: "shredvault",
-                                         availableConnectionsDelegate: ConnectionLimit(limit: maxConnections, logger: logger)),
-                    eventLoopGroupProvider: .shared(eventLoops), logger: logger)
-                group.addTask { try await tcp.runService(gracefulShutdownSignals: signals); return .stopped }
-            }
-            let interval = configuration.socketCheckInterval
-            let watch: @Sendable () async -> Event = {
-                await socketFile.waitUntilRemoved(every: interval, unless: stopping, logger: logger) ? .socketGone : .watchEnded
-            }
-            group.addTask(operation: watch)
-            while let event = try await group.next() {
-                switch event {
-                case .stopped:
-                    // A listener ended gracefully (a signal reaches every listener): stop
-                    // watching and let the others finish their in-flight requests.
-                    stopping.set()
-                case .socketGone:
-                    logger.error("the socket file was removed under the daemon; binding a new one",
-                                 metadata: ["socket": "\(socketPath)"])
-                    let again = unixApplication {
-                        logger.notice("listening again", metadata: ["socket": "\(socketPath)"])
-                    }
-                    group.addTask {
-                        do {
-                            try await again.runService(gracefulShutdownSignals: signals)
-                            return .stopped
-                        } catch {
-                            // Not bound (something took the path meanwhile): the daemon keeps
-                            // serving the connections it has rather than stop; new clients
-                            // cannot reach it until it restarts.
-                            umask(processUmask)
-                            logger.error("could not bind the socket again; restart the daemon",
-                                         metadata: ["socket": "\(socketPath)", "error": "\(error)"])
-                            return .watchEnded
-                        }
-                    }
-                    group.addTask(operation: watch)
-                case .watchEnded:
-                    break
-                }
-            }
+        // A listener that ends ends the daemon (a signal reaches every listener anyway).
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: unixApplication(onBound: onRunning), successTerminationBehavior: .gracefullyShutdownGroup),
+        ]
+        if let listen = configuration.listen {
+            let tcp = Application(
+                responder: responder, server: server,
+                configuration: .init(address: .hostname(listen.host, port: listen.port), serverName: "shredvault",
+                                     availableConnectionsDelegate: ConnectionLimit(limit: maxConnections, logger: logger)),
+                eventLoopGroupProvider: .shared(eventLoops), logger: logger)
+            services.append(.init(service: tcp, successTerminationBehavior: .gracefullyShutdownGroup))
         }
+        let groupBox = Locked<ServiceGroup?>(nil)
+        let watch = SocketWatch(file: socketFile, interval: configuration.socketCheckInterval, logger: logger) {
+            guard let group = groupBox.withLock({ $0 }) else { return }
+            let again = unixApplication {
+                logger.notice("listening again", metadata: ["socket": "\(socketPath)"])
+            }
+            // Not started once a graceful shutdown has begun (the group refuses it).
+            await group.addServiceUnlessShutdown(.init(
+                service: Rebind(listener: again, socketPath: socketPath, processUmask: processUmask, logger: logger),
+                successTerminationBehavior: .ignore, failureTerminationBehavior: .ignore))
+        }
+        services.append(.init(service: watch, successTerminationBehavior: .ignore))
+        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: gracefulShutdownSignals,
+                                                      logger: logger))
+        groupBox.withLock { $0 = group }
+        try await group.run()
     }
 
     /// The connection limit, kept below the file-descriptor limit (raised to its hard limit
@@ -244,26 +227,71 @@ final class SocketFile: Sendable {
 
     func remember() { identity.withLock { $0 = current() } }
 
+    /// Stops watching until the next `remember()` (a re-bind in progress).
+    func forget() { identity.withLock { $0 = nil } }
+
     func removeIfOurs() {
         guard let ours = identity.withLock({ $0 }), let now = current(), now == ours else { return }
         unlink(path)
     }
 
     /// Polls the path; true once it is gone (it was ours and nothing else took its place),
-    /// false when asked to stop or cancelled. Logs once if another file replaced it.
-    func waitUntilRemoved(every interval: Duration, unless stopping: StopFlag, logger: Logger) async -> Bool {
+    /// false when cancelled. Logs once if another file replaced it.
+    func waitUntilRemoved(every interval: Duration, logger: Logger) async -> Bool {
         var warned = false
-        while !stopping.isSet {
+        while true {
             do { try await Task.sleep(for: interval) } catch { return false }
             guard let ours = identity.withLock({ $0 }) else { continue }
-            guard let now = current() else { return !stopping.isSet }
+            guard let now = current() else { return true }
             if now != ours, !warned {
                 warned = true
                 logger.error("the socket path now holds another file; not touching it (restart the daemon)",
                              metadata: ["socket": "\(path)"])
             }
         }
-        return false
+    }
+}
+
+/// Watches the socket file for the daemon's life (until the graceful shutdown reaches it):
+/// when it is removed, says so and asks for a new listener on the path.
+struct SocketWatch: Service {
+    let file: SocketFile
+    let interval: Duration
+    let logger: Logger
+    let rebind: @Sendable () async -> Void
+
+    func run() async {
+        // Cancelled at the graceful shutdown, which reaches this service before the listeners
+        // (the group stops its services in reverse order), so before any socket is removed.
+        await cancelWhenGracefulShutdown {
+            while await file.waitUntilRemoved(every: interval, logger: logger) {
+                logger.error("the socket file was removed under the daemon; binding a new one",
+                             metadata: ["socket": "\(file.path)"])
+                // Not watched again until the new listener has bound (it remembers its inode).
+                file.forget()
+                await rebind()
+            }
+        }
+    }
+}
+
+/// A listener bound again after its socket file was removed. Not bound (something took the
+/// path meanwhile): the daemon keeps serving the connections it has rather than stop; new
+/// clients cannot reach it until it restarts.
+struct Rebind<Listener: Service>: Service {
+    let listener: Listener
+    let socketPath: String
+    let processUmask: mode_t
+    let logger: Logger
+
+    func run() async {
+        do {
+            try await listener.run()
+        } catch {
+            umask(processUmask)
+            logger.error("could not bind the socket again; restart the daemon",
+                         metadata: ["socket": "\(socketPath)", "error": "\(error)"])
+        }
     }
 }
 

@@ -3,6 +3,7 @@ import Logging
 import Locking
 import Testing
 import VaultClient
+import VaultCore
 @testable import VaultServer
 
 /// Issue 5, resource faults and abuse: the daemon survives each fault, says so in its log,
@@ -96,6 +97,47 @@ import VaultClient
         #expect(written.status == 201)
         #expect(before.send(Array("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".utf8)))
         #expect(await before.readResponseHead(timeout: 5)?.hasPrefix("HTTP/1.1 200") == true)
+    }
+
+    /// A stopping listener removes its socket file: the watch must not take that for an
+    /// operator's deletion and bind a listener the shutdown never reaches (the daemon then
+    /// never exits). With the socket checked every millisecond the race is run each round.
+    @Test func aGracefulShutdownEndsTheDaemonAndNeverBindsTheSocketAgain() async throws {
+        let directory = "/tmp/sv-" + UUID().uuidString.prefix(8).lowercased()
+        try FileManager.default.createDirectory(atPath: directory + "/keys", withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o700])
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let vault = try Vault.create(dataDirectory: directory + "/data", masterKeyFile: directory + "/keys/master.key",
+                                     configuration: VaultConfiguration(keystoreMapSize: 64 << 20, recordsMapSize: 64 << 20))
+        defer { vault.close() }
+        let socket = directory + "/data/shredvault.sock"
+        var configuration = ServerConfiguration(socketPath: socket)
+        configuration.socketCheckInterval = .milliseconds(1)
+        let server = VaultServer(vault: vault, configuration: configuration)
+        for round in 0..<12 {
+            let log = LogCapture()
+            let (running, bound) = AsyncStream<Void>.makeStream()
+            let done = Locked(false)
+            let daemon = Task {
+                defer { done.withLock { $0 = true } }
+                try await server.run(logger: log.logger, gracefulShutdownSignals: [.sigusr2]) { bound.yield() }
+            }
+            for await _ in running { break }
+            let client = VaultHTTPClient(endpoint: .unixSocket(path: socket), token: nil, timeout: 5)
+            #expect(try await client.send("GET", "/healthz").status == 200)
+            kill(getpid(), SIGUSR2)
+            var ended = false
+            for _ in 0..<1000 where !ended {
+                try await Task.sleep(for: .milliseconds(10))
+                ended = done.withLock { $0 }
+            }
+            if !ended { daemon.cancel() }
+            #expect(ended, "round \(round): the daemon did not end after its shutdown signal")
+            #expect(!log.contains("binding a new one"), "round \(round): the stopping listener's socket was bound again")
+            var st = stat()
+            #expect(lstat(socket, &st) != 0, "round \(round): the socket file was left behind")
+            if !ended { break }
+        }
     }
 
     @Test func repeatedBadTokensAreSlowedAndLoggedWithoutTheToken() async throws {
