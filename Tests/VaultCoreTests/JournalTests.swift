@@ -14,7 +14,11 @@ struct JournaledVault {
     var journalPath: String { dir.path + "/journal" }
     /// The journal directory, or another location (a PostgreSQL database).
     var location: JournalLocation
-    var settings: JournalSettings { JournalSettings(location: location) }
+    var settings: JournalSettings {
+        var s = JournalSettings(location: location)
+        s.leaseSeconds = 2  // a refused second writer waits out at most this (plus 2 s)
+        return s
+    }
 
     init(location: JournalLocation? = nil) throws {
         self.location = location ?? .directory(dir.path + "/journal")
@@ -24,7 +28,7 @@ struct JournaledVault {
                                                 attributes: [.posixPermissions: 0o700])
         configuration = VaultConfiguration(bucketWidthSeconds: 86_400, keystoreMapSize: 256 << 20,
                                            recordsMapSize: 1 << 30, clock: clock.vaultClock)
-        configuration.journal = JournalSettings(location: self.location)
+        configuration.journal = settings
     }
 
     func create() throws -> Vault {

@@ -310,4 +310,38 @@ struct ClusterError: Error, CustomStringConvertible {
         let listed = try await back.records(of: try Subject("cust-b"), tenant: acme, actor: admin)
         #expect(listed.isEmpty, "the refused write came back")
     }
+
+    /// The lease fences a deposed writer: once another node holds the lease under the next term
+    /// (what a promotion does), this vault's appends change nothing, every write fails, and the
+    /// journal ends where the new writer found it. Reads too: each is audited, and its audit entry
+    /// cannot be journaled (so a deposed primary never answers a read the new one may have erased).
+    @Test func aDeposedWriterAppendsNothingAndRefusesEveryWrite() async throws {
+        let pg = try PostgresCluster()
+        let jv = try JournaledVault(location: pg.location)
+        let vault = try jv.create()
+        _ = try await vault.createTenant(acme, actor: .system)
+        let a = try await vault.write(try newRecord("cust-a", "alpha"), tenant: acme, actor: agent)
+        let term = try pg.sql("SELECT term FROM shredvault_lease")
+        #expect(try pg.sql("SELECT holder FROM shredvault_lease").hasPrefix("\(ProcessInfo.processInfo.hostName)"))
+
+        // Another node takes the lease with the next term, as a promoted standby does.
+        try pg.sql("UPDATE shredvault_lease SET term = term + 1, holder = 'promoted', expires_at = now() + interval '1 hour'")
+        let head = try pg.sql("SELECT head FROM shredvault_journal")
+        for subject in ["cust-b", "cust-c"] {
+            await #expect { _ = try await vault.write(try newRecord(subject, "late"), tenant: acme, actor: agent) } throws: {
+                "\($0)".contains("another node took the journal's lease from this vault's term \(term)")
+            }
+        }
+        #expect(try pg.sql("SELECT head FROM shredvault_journal") == head)
+        #expect(try pg.sql("SELECT max(seq) FROM shredvault_change_sets") == head, "a deposed writer appended")
+        await #expect(throws: VaultError.self) { _ = try await vault.snapshot() }
+        await #expect { _ = try await vault.read(a.id, tenant: acme, actor: agent) } throws: {
+            "\($0)".contains("no longer writes")
+        }
+        vault.close()
+        #expect(try pg.sql("SELECT holder FROM shredvault_lease") == "promoted", "closing handed back a lease it lost")
+
+        // While the new holder's lease runs, no other writer opens on the journal.
+        #expect { _ = try jv.open() } throws: { "\($0)".contains("in use by another vault process (promoted holds its lease") }
+    }
 }

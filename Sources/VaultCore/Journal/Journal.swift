@@ -153,10 +153,13 @@ protocol JournalBackend: AnyObject, Sendable {
 
 extension JournalLocation {
     /// The backend for this location (not yet opened or locked).
-    func backend(passwordFile: String? = nil) throws -> any JournalBackend {
+    func backend(passwordFile: String? = nil, leaseSeconds: Int = JournalSettings.defaultLeaseSeconds,
+                 leaseHolder: String? = nil) throws -> any JournalBackend {
         switch self {
         case .directory(let path): return try DirectoryJournal(path: path)
-        case .postgres(let address): return try PostgresJournal(address: address, passwordFile: passwordFile)
+        case .postgres(let address):
+            return try PostgresJournal(address: address, passwordFile: passwordFile, leaseSeconds: leaseSeconds,
+                                       holder: leaseHolder)
         }
     }
 }

@@ -12,6 +12,12 @@ public struct JournalSettings: Sendable {
     /// A file (mode 0600) holding the PostgreSQL password, for a `postgres://` journal that
     /// authenticates by password (none for peer or certificate authentication).
     public var passwordFile: String?
+    /// How long a PostgreSQL journal's writer lease lasts without renewal: a writer that stops
+    /// renewing (dead, paused, cut off) can be replaced this long after its last renewal.
+    public var leaseSeconds: Int = JournalSettings.defaultLeaseSeconds
+    public static let defaultLeaseSeconds = 10
+    /// The lease holder a promoted standby hands over (the vault keeps its term).
+    var leaseHolder: String?
     /// Called with progress lines (snapshot bytes, change sets replayed): for the CLI.
     public var progress: (@Sendable (String) -> Void)?
 
@@ -19,6 +25,12 @@ public struct JournalSettings: Sendable {
         self.location = location
         self.startNew = startNew
         self.progress = progress
+    }
+}
+
+extension JournalSettings {
+    func backend() throws -> any JournalBackend {
+        try location.backend(passwordFile: passwordFile, leaseSeconds: leaseSeconds, leaseHolder: leaseHolder)
     }
 }
 
@@ -78,7 +90,7 @@ extension Vault {
     /// of another vault, one that is behind the vault, or one that no longer holds the change sets
     /// the vault needs.
     static func attachJournal(_ settings: JournalSettings, stores: Stores, file: MasterKeyFile) throws -> AttachedJournal {
-        let backend = try settings.location.backend(passwordFile: settings.passwordFile)
+        let backend = try settings.backend()
         do {
             let attached = try attach(backend, settings: settings, stores: stores, file: file)
             return attached
@@ -203,7 +215,7 @@ public enum Restore {
                 throw VaultError.dataDirectory("\(dataDirectory) exists and is not empty: restore writes a new data directory")
             }
         }
-        let backend = try settings.location.backend(passwordFile: settings.passwordFile)
+        let backend = try settings.backend()
         let work = dataDirectory + ".restoring"
         let workKey = keyFile + ".restoring"
         var succeeded = false
@@ -251,7 +263,7 @@ public enum Restore {
         try Posix.makeDirectory(work)
         progress?("restoring snapshot \(hex16(snapshot.epoch))-\(hex16(snapshot.sequence)) (\(snapshot.bytes) bytes)")
         try MasterKeyFile(path: workKey).write(key: loaded.key, generation: loaded.generation, to: workKey)
-        let locked = try settings.location.backend(passwordFile: settings.passwordFile)
+        let locked = try settings.backend()
         try locked.lockForWriting()
         do {
             try Snapshot.restore(snapshot, from: locked, vaultID: vaultID, master: Key(try loaded.key.copy()), into: work) { n in

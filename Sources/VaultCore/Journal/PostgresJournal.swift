@@ -1,8 +1,10 @@
+import Foundation
 import Locking
 import Logging
 import NIOCore
 import NIOPosix
 import PostgresNIO
+import Sodium
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -20,8 +22,15 @@ import Glibc
 /// PostgreSQL stores bytes it cannot read: change sets and snapshots are sealed before they
 /// leave the vault. An append is one statement that inserts the change set and moves `head` in
 /// the same transaction, so a head above the last row means rows were removed from the end
-/// (refused, like a directory journal's head hint). One writer per database: the vault holds a
-/// session advisory lock for as long as it is open.
+/// (refused, like a directory journal's head hint).
+///
+/// One writer per database, elected by a **lease** (`shredvault_lease`: a term, the holder, an
+/// expiry). The writer renews it every third of its length; another node takes it only once it
+/// has expired, with the next term. Every statement that changes the journal runs only while
+/// the lease row still names this node and its term (the row is locked `FOR SHARE` in the same
+/// statement, so a promotion waits for an append in flight and then sees it): a deposed writer
+/// (paused, cut off, then resumed) changes nothing and stops taking writes (503), instead of
+/// forking the journal.
 ///
 /// The calls block the calling thread on NIO futures: they come from the vault's own threads
 /// (the opening thread, the writer, the journal appender), never from an event loop.
@@ -38,16 +47,34 @@ final class PostgresJournal: JournalBackend, @unchecked Sendable {
         /// while the connection is lost).
         var last: UInt64?
         var inFlight: UInt64?
+        /// The term this node writes under, once it holds the lease.
+        var term: Int64?
+        /// Set once another node took the lease: nothing is written any more.
+        var deposed: String?
     }
     private let state = Locked(State())
 
     static let format: Int32 = 1
-    /// The advisory lock key of the one writer (a constant: one journal per database).
-    static let lockKey: Int64 = 0x5348_5245_4456_4A31  // "SHREDVJ1"
     static let partSize = 1 << 20
+    /// This journal handle, as the lease names it: host, pid and a random tag. Every handle is
+    /// its own holder (a second vault in the same process is refused like one in another); a
+    /// promoted standby hands its holder to the vault it opens, which keeps the term.
+    let holder: String
 
-    init(address: PostgresAddress, passwordFile: String?) throws {
+    static func newHolder() -> String {
+        var name = [CChar](repeating: 0, count: 256)
+        gethostname(&name, 255)
+        let host = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return "\(host):\(getpid()):" + Random.bytes(count: 6).map { String(format: "%02x", $0) }.joined()
+    }
+    /// How long a lease lasts without renewal.
+    let leaseSeconds: Int
+    private let renewal = Locked<Thread?>(nil)
+
+    init(address: PostgresAddress, passwordFile: String?, leaseSeconds: Int = 10, holder: String? = nil) throws {
         self.address = address
+        self.holder = holder ?? Self.newHolder()
+        self.leaseSeconds = max(1, leaseSeconds)
         if let passwordFile {
             guard let mode = Posix.mode(passwordFile) else {
                 throw VaultError.journal("cannot read the journal password file \(passwordFile): no such file")
@@ -101,10 +128,13 @@ final class PostgresJournal: JournalBackend, @unchecked Sendable {
             throw VaultError.journal("cannot reach \(address.url): \(Self.describe(error))")
         }
         do {
-            if s.lockWanted {
-                let rows = try c.query("SELECT pg_try_advisory_lock(\(Self.lockKey))", logger: logger).wait().rows
-                guard try rows.first?.decode(Bool.self) == true else {
-                    throw VaultError.journal("\(address.url) is in use by another vault process")
+            if s.lockWanted, let term = s.term {
+                // Still the writer? Another node may have taken the lease while the link was down.
+                let rows = try c.query("SELECT term, holder FROM shredvault_lease", logger: logger).wait().rows
+                let held = try rows.first?.decode((Int64, String).self)
+                guard let held, held.0 == term, held.1 == holder else {
+                    s.deposed = "another node took the journal's lease (term \(held?.0 ?? 0)) from this vault's term \(term)"
+                    throw VaultError.journal("\(address.url): \(s.deposed!); this vault no longer writes")
                 }
                 if let last = s.last {
                     // This process is the only writer: the journal ends where it left it, or one
@@ -218,29 +248,107 @@ final class PostgresJournal: JournalBackend, @unchecked Sendable {
     }
 
     func lockForWriting() throws {
-        try state.withLock { s in
-            guard !s.lockWanted else { return }
-            s.lockWanted = true
-            // Take it now, on this connection or a new one.
-            if let c = s.connection, !c.isClosed {
-                let taken: Bool
-                do {
-                    taken = try c.query("SELECT pg_try_advisory_lock(\(Self.lockKey))", logger: logger).wait().rows.first?.decode(Bool.self) == true
-                } catch {
-                    s.lockWanted = false
-                    throw VaultError.journal("\(address.url): taking the writer's lock: \(Self.describe(error))")
+        try takeLease(wait: true)
+    }
+
+    /// The lease, or why not: held by another node until it expires. With `wait`, waits for a
+    /// lease that lapses within its length (a writer that stopped without releasing it).
+    /// A node that holds it already keeps its term; otherwise the term moves on by one.
+    func takeLease(wait: Bool) throws {
+        let deadline = ContinuousClock.now + .seconds(leaseSeconds + 2)
+        while true {
+            let outcome: (term: Int64?, holder: String, seconds: Double) = try run("taking the journal's lease") { c, s in
+                if s.term != nil, s.lockWanted { return (s.term, holder, 0) }
+                _ = try c.query("""
+                    CREATE TABLE IF NOT EXISTS shredvault_lease (
+                        one boolean PRIMARY KEY DEFAULT true CHECK (one), term int8 NOT NULL,
+                        holder text NOT NULL, expires_at timestamptz NOT NULL)
+                    """, logger: logger).wait()
+                _ = try c.query("""
+                    INSERT INTO shredvault_lease (term, holder, expires_at) VALUES (0, '', now()) ON CONFLICT DO NOTHING
+                    """, logger: logger).wait()
+                let lease = "\(leaseSeconds) seconds"
+                let rows = try c.query("""
+                    UPDATE shredvault_lease
+                    SET term = CASE WHEN holder = \(holder) THEN term ELSE term + 1 END,
+                        holder = \(holder), expires_at = now() + \(lease)::interval
+                    WHERE holder = \(holder) OR expires_at < now()
+                    RETURNING term
+                    """, logger: logger).wait().rows
+                if let term = try rows.first?.decode(Int64.self) {
+                    s.term = term
+                    s.lockWanted = true
+                    s.deposed = nil
+                    return (term, holder, 0)
                 }
-                guard taken else {
-                    s.lockWanted = false
-                    throw VaultError.journal("\(address.url) is in use by another vault process")
-                }
-            } else {
-                do { _ = try connection(&s) } catch {
-                    s.lockWanted = false
-                    throw error
+                let held = try c.query("""
+                    SELECT holder, greatest(extract(epoch FROM expires_at - now()), 0)::float8 FROM shredvault_lease
+                    """, logger: logger).wait().rows
+                let (holder, seconds) = try held.first?.decode((String, Double).self) ?? ("?", 0)
+                return (nil, holder, seconds)
+            }
+            if outcome.term != nil {
+                startRenewing()
+                return
+            }
+            guard wait, ContinuousClock.now + .milliseconds(Int(outcome.seconds * 1000)) < deadline else {
+                throw VaultError.journal("\(address.url) is in use by another vault process (\(outcome.holder) holds its "
+                                         + "lease for \(Int(outcome.seconds.rounded(.up))) s more)")
+            }
+            Thread.sleep(forTimeInterval: min(max(outcome.seconds, 0.05), 0.25))
+        }
+    }
+
+    /// The term this node writes under; nil before it holds the lease.
+    var term: UInt64? { state.withLock { $0.term.map { UInt64($0) } } }
+
+    /// Why this node no longer writes (another took the lease), or nil.
+    var deposed: String? { state.withLock { $0.deposed } }
+
+    /// Renews the lease every third of its length until the journal closes; a renewal that
+    /// finds another term deposes this node.
+    private func startRenewing() {
+        renewal.withLock { t in
+            guard t == nil else { return }
+            let thread = Thread { [weak self] in
+                while let self {
+                    let stop = self.state.withLock { $0.closed }
+                    if stop { return }
+                    Thread.sleep(forTimeInterval: Double(self.leaseSeconds) / 3)
+                    try? self.renew()
                 }
             }
+            thread.name = "sv-journal-lease"
+            t = thread
+            thread.start()
         }
+    }
+
+    private func renew() throws {
+        try run("renewing the journal's lease") { c, s in
+            guard let term = s.term, s.deposed == nil, !s.closed else { return }
+            let lease = "\(leaseSeconds) seconds"
+            let result = try c.query("""
+                UPDATE shredvault_lease SET expires_at = now() + \(lease)::interval
+                WHERE term = \(term) AND holder = \(holder)
+                """, logger: logger).wait()
+            if result.metadata.rows != 1 {
+                s.deposed = "another node took the journal's lease from this vault's term \(term)"
+            }
+        }
+    }
+
+    /// Refuses once deposed; otherwise the term every changing statement is bound to.
+    private static func writerTerm(_ s: State, _ url: String) throws -> Int64 {
+        if let deposed = s.deposed { throw VaultError.journal("\(url): \(deposed); this vault no longer writes") }
+        guard let term = s.term else { throw VaultError.journal("\(url): this vault does not hold the journal's lease") }
+        return term
+    }
+
+    /// After a changing statement changed nothing: the lease is another node's now.
+    private static func depose(_ s: inout State, _ url: String) -> VaultError {
+        s.deposed = "another node took the journal's lease from this vault's term \(s.term ?? 0)"
+        return VaultError.journal("\(url): \(s.deposed!); this vault no longer writes")
     }
 
     func status() throws -> JournalStatus {
@@ -274,17 +382,23 @@ final class PostgresJournal: JournalBackend, @unchecked Sendable {
             if let last = s.last, entry.sequence != last + 1 {
                 throw VaultError.journal("change set \(entry.sequence) does not follow \(last)")
             }
+            let term = try Self.writerTerm(s, address.url)
             s.inFlight = entry.sequence
             let seq = Int64(entry.sequence), epoch = Int64(entry.epoch)
-            // One statement, one transaction: the row and the head move together.
+            // One statement, one transaction: the row and the head move together, and only
+            // while this node holds the lease under its term.
             let result = try c.query("""
-                WITH appended AS (
-                    INSERT INTO shredvault_change_sets (seq, epoch, entry) VALUES (\(seq), \(epoch), \(ByteBuffer(bytes: entry.bytes)))
+                WITH lease AS (
+                    SELECT term FROM shredvault_lease WHERE term = \(term) AND holder = \(holder) FOR SHARE),
+                appended AS (
+                    INSERT INTO shredvault_change_sets (seq, epoch, entry)
+                    SELECT \(seq), \(epoch), \(ByteBuffer(bytes: entry.bytes)) FROM lease
                     RETURNING seq)
-                UPDATE shredvault_journal SET head = (SELECT seq FROM appended)
+                UPDATE shredvault_journal SET head = (SELECT seq FROM appended) WHERE EXISTS (SELECT 1 FROM appended)
                 """, logger: logger).wait()
             guard result.metadata.rows == 1 else {
-                throw VaultError.journal("\(address.url): change set \(entry.sequence) was not recorded")
+                s.inFlight = nil
+                throw Self.depose(&s, address.url)
             }
             s.last = entry.sequence
             s.inFlight = nil
@@ -293,11 +407,16 @@ final class PostgresJournal: JournalBackend, @unchecked Sendable {
 
     func retract(_ entry: JournalEntry) throws {
         try run("taking back change set \(entry.sequence)") { c, s in
+            let term = try Self.writerTerm(s, address.url)
             let seq = Int64(entry.sequence)
-            _ = try c.query("""
-                WITH removed AS (DELETE FROM shredvault_change_sets WHERE seq = \(seq) RETURNING seq)
-                UPDATE shredvault_journal SET head = \(seq - 1)
+            let result = try c.query("""
+                WITH lease AS (
+                    SELECT term FROM shredvault_lease WHERE term = \(term) AND holder = \(holder) FOR SHARE),
+                removed AS (
+                    DELETE FROM shredvault_change_sets WHERE seq = \(seq) AND EXISTS (SELECT 1 FROM lease) RETURNING seq)
+                UPDATE shredvault_journal SET head = \(seq - 1) WHERE EXISTS (SELECT 1 FROM lease)
                 """, logger: logger).wait()
+            guard result.metadata.rows == 1 else { throw Self.depose(&s, address.url) }
             s.last = entry.sequence - 1
             s.inFlight = nil
         }
@@ -347,12 +466,16 @@ final class PostgresJournal: JournalBackend, @unchecked Sendable {
 
     func writeSnapshot(_ info: SnapshotInfo, _ produce: (([UInt8]) throws -> Void) throws -> Void) throws -> Int {
         let epoch = Int64(info.epoch), seq = Int64(info.sequence)
-        try run("starting snapshot \(info.epoch)-\(info.sequence)") { c, _ in
+        try run("starting snapshot \(info.epoch)-\(info.sequence)") { c, s in
+            let term = try Self.writerTerm(s, address.url)
             _ = try c.query("""
-                WITH gone AS (DELETE FROM shredvault_snapshot_parts WHERE epoch = \(epoch) AND seq = \(seq))
-                DELETE FROM shredvault_snapshots WHERE epoch = \(epoch) AND seq = \(seq)
+                WITH gone AS (DELETE FROM shredvault_snapshot_parts WHERE epoch = \(epoch) AND seq = \(seq) AND EXISTS (SELECT 1 FROM shredvault_lease WHERE term = \(term) AND holder = \(holder)))
+                DELETE FROM shredvault_snapshots WHERE epoch = \(epoch) AND seq = \(seq) AND EXISTS (SELECT 1 FROM shredvault_lease WHERE term = \(term) AND holder = \(holder))
                 """, logger: logger).wait()
-            _ = try c.query("INSERT INTO shredvault_snapshots (epoch, seq) VALUES (\(epoch), \(seq))", logger: logger).wait()
+            let started = try c.query("""
+                INSERT INTO shredvault_snapshots (epoch, seq) SELECT \(epoch), \(seq) WHERE EXISTS (SELECT 1 FROM shredvault_lease WHERE term = \(term) AND holder = \(holder))
+                """, logger: logger).wait()
+            guard started.metadata.rows == 1 else { throw Self.depose(&s, address.url) }
         }
         var buffer = ByteBuffer()
         buffer.reserveCapacity(Self.partSize)
@@ -362,10 +485,13 @@ final class PostgresJournal: JournalBackend, @unchecked Sendable {
             guard buffer.readableBytes > 0 else { return }
             let data = buffer
             let n = part
-            try run("writing snapshot \(info.epoch)-\(info.sequence)") { c, _ in
-                _ = try c.query("""
-                    INSERT INTO shredvault_snapshot_parts (epoch, seq, part, data) VALUES (\(epoch), \(seq), \(n), \(data))
+            try run("writing snapshot \(info.epoch)-\(info.sequence)") { c, s in
+                let term = try Self.writerTerm(s, address.url)
+                let written = try c.query("""
+                    INSERT INTO shredvault_snapshot_parts (epoch, seq, part, data)
+                    SELECT \(epoch), \(seq), \(n), \(data) WHERE EXISTS (SELECT 1 FROM shredvault_lease WHERE term = \(term) AND holder = \(holder))
                     """, logger: logger).wait()
+                guard written.metadata.rows == 1 else { throw Self.depose(&s, address.url) }
             }
             part += 1
             buffer.clear()
@@ -383,11 +509,13 @@ final class PostgresJournal: JournalBackend, @unchecked Sendable {
             }
             try flush()
             let parts = part, bytes = Int64(total)
-            try run("publishing snapshot \(info.epoch)-\(info.sequence)") { c, _ in
-                _ = try c.query("""
+            try run("publishing snapshot \(info.epoch)-\(info.sequence)") { c, s in
+                let term = try Self.writerTerm(s, address.url)
+                let published = try c.query("""
                     UPDATE shredvault_snapshots SET parts = \(parts), bytes = \(bytes), complete = true
-                    WHERE epoch = \(epoch) AND seq = \(seq)
+                    WHERE epoch = \(epoch) AND seq = \(seq) AND EXISTS (SELECT 1 FROM shredvault_lease WHERE term = \(term) AND holder = \(holder))
                     """, logger: logger).wait()
+                guard published.metadata.rows == 1 else { throw Self.depose(&s, address.url) }
             }
         } catch {
             try? removeSnapshot(info)
@@ -441,29 +569,40 @@ final class PostgresJournal: JournalBackend, @unchecked Sendable {
         try run("removing change sets through \(sequence)") { c, s in
             // The last change set stays (as a directory journal's last segment does): the head
             // must remain provable after a snapshot covers everything.
+            let term = try Self.writerTerm(s, address.url)
             let keep = min(Int64(sequence), Int64(s.last ?? sequence) - 1)
             guard keep > 0 else { return }
-            _ = try c.query("DELETE FROM shredvault_change_sets WHERE seq <= \(keep)", logger: logger).wait()
+            _ = try c.query("DELETE FROM shredvault_change_sets WHERE seq <= \(keep) AND EXISTS (SELECT 1 FROM shredvault_lease WHERE term = \(term) AND holder = \(holder))", logger: logger).wait()
         }
     }
 
     func removeSnapshot(_ info: SnapshotInfo) throws {
         let epoch = Int64(info.epoch), seq = Int64(info.sequence)
-        try run("removing snapshot \(info.epoch)-\(info.sequence)") { c, _ in
+        try run("removing snapshot \(info.epoch)-\(info.sequence)") { c, s in
+            let term = try Self.writerTerm(s, address.url)
             _ = try c.query("""
-                WITH gone AS (DELETE FROM shredvault_snapshot_parts WHERE epoch = \(epoch) AND seq = \(seq))
-                DELETE FROM shredvault_snapshots WHERE epoch = \(epoch) AND seq = \(seq)
+                WITH gone AS (DELETE FROM shredvault_snapshot_parts WHERE epoch = \(epoch) AND seq = \(seq) AND EXISTS (SELECT 1 FROM shredvault_lease WHERE term = \(term) AND holder = \(holder)))
+                DELETE FROM shredvault_snapshots WHERE epoch = \(epoch) AND seq = \(seq) AND EXISTS (SELECT 1 FROM shredvault_lease WHERE term = \(term) AND holder = \(holder))
                 """, logger: logger).wait()
         }
     }
 
-    func close() {
+    func close() { close(releasingLease: true) }
+
+    /// Closes the link; a clean stop hands the lease back at once (the next writer need not wait
+    /// it out), unless the holder passes to another handle of this process (a promotion).
+    func close(releasingLease: Bool) {
         let c: PostgresConnection? = state.withLock { s in
             defer { s.connection = nil; s.closed = true }
-            return s.connection
+            guard let c = s.connection, !c.isClosed else { return nil }
+            if releasingLease, let term = s.term, s.deposed == nil {
+                _ = try? c.query("""
+                    UPDATE shredvault_lease SET expires_at = now() WHERE term = \(term) AND holder = \(holder)
+                    """, logger: logger).wait()
+            }
+            return c
         }
-        // Closing the session releases the advisory lock.
-        if let c, !c.isClosed { _ = try? c.close().wait() }
+        if let c { _ = try? c.close().wait() }
     }
 
     deinit { close() }

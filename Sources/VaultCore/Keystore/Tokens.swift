@@ -225,27 +225,34 @@ extension Vault {
                 key = try Key.random()
                 try txn.put(try wrapTokenKey(key, master: master, generation: generation), forKey: metaTokenKey, in: stores.ks.meta)
             }
-            let rowKey = try TokenRow.macKey(from: key)
-            // The token index (id → hash), only to name a damaged row by the id it was issued as.
-            var indexedIDs: [[UInt8]: String] = [:]
-            try txn.forEach(in: stores.ks.tokens, from: [UInt8(ascii: "i")], prefix: [UInt8(ascii: "i")]) { k, v in
-                indexedIDs[Array(v)] = String(decoding: k[1...], as: UTF8.self)
-                return .continue
-            }
-            var tokens: [[UInt8]: TokenInfo] = [:]
-            var failures: [VaultError] = []
-            try txn.forEach(in: stores.ks.tokens, from: [UInt8(ascii: "h")], prefix: [UInt8(ascii: "h")]) { k, v in
-                let hash = Array(k[1...])
-                do {
-                    tokens[hash] = try TokenRow.open(v, hash: hash, key: rowKey, indexedID: indexedIDs[hash])
-                } catch let error as VaultError {
-                    failures.append(error)
-                }
-                return .continue
-            }
-            table.load(key: key, rowKey: rowKey, tokens: tokens)
-            return failures
+            return try readTokens(txn, key: key, dbs: stores.ks, into: table)
         }
+    }
+
+    /// The live tokens under token hash key `key`, into `table` (what `loadTokens` does once the
+    /// key is there; a standby, which writes nothing of its own, calls it after each catch-up).
+    static func readTokens(_ txn: borrowing Transaction, key: Key, dbs: KeystoreDatabases,
+                           into table: TokenTable) throws -> [VaultError] {
+        let rowKey = try TokenRow.macKey(from: key)
+        // The token index (id → hash), only to name a damaged row by the id it was issued as.
+        var indexedIDs: [[UInt8]: String] = [:]
+        try txn.forEach(in: dbs.tokens, from: [UInt8(ascii: "i")], prefix: [UInt8(ascii: "i")]) { k, v in
+            indexedIDs[Array(v)] = String(decoding: k[1...], as: UTF8.self)
+            return .continue
+        }
+        var tokens: [[UInt8]: TokenInfo] = [:]
+        var failures: [VaultError] = []
+        try txn.forEach(in: dbs.tokens, from: [UInt8(ascii: "h")], prefix: [UInt8(ascii: "h")]) { k, v in
+            let hash = Array(k[1...])
+            do {
+                tokens[hash] = try TokenRow.open(v, hash: hash, key: rowKey, indexedID: indexedIDs[hash])
+            } catch let error as VaultError {
+                failures.append(error)
+            }
+            return .continue
+        }
+        table.load(key: key, rowKey: rowKey, tokens: tokens)
+        return failures
     }
 
     /// Who a bearer token is: nil when it is malformed, unknown or revoked. In memory, no I/O.
