@@ -98,13 +98,15 @@ let package = Package(
 
         // Test support shared by the seeded tests of several targets (generator, knobs, output).
         .target(name: "FuzzSupport", path: "Tests/FuzzSupport", swiftSettings: swiftSettings),
+        // A real PostgreSQL cluster of the tests' own (initdb in a temporary directory).
+        .target(name: "PostgresSupport", path: "Tests/PostgresSupport", swiftSettings: swiftSettings),
         .testTarget(name: "SodiumTests", dependencies: ["Sodium"], swiftSettings: swiftSettings),
         .testTarget(name: "LMDBTests", dependencies: ["LMDB", "Locking"], swiftSettings: swiftSettings),
-        .testTarget(name: "VaultCoreTests", dependencies: ["VaultCore", "Sodium", "LMDB", "Locking", "FuzzSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "VaultCoreTests", dependencies: ["VaultCore", "Sodium", "LMDB", "Locking", "FuzzSupport", "PostgresSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "VaultAPITests", dependencies: ["VaultAPI", "VaultCore", "Sodium", "FuzzSupport"], swiftSettings: swiftSettings),
         .testTarget(
             name: "VaultServerTests",
-            dependencies: ["VaultServer", "VaultClient", "VaultAPI", "VaultCore", "VaultCLI", "Sodium", "LMDB", "Locking", "FuzzSupport"],
+            dependencies: ["VaultServer", "VaultClient", "VaultAPI", "VaultCore", "VaultCLI", "Sodium", "LMDB", "Locking", "FuzzSupport", "PostgresSupport"],
             swiftSettings: swiftSettings
         ),
     ]

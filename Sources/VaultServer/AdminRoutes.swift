@@ -147,6 +147,24 @@ extension VaultServer {
                 for s in r.snapshots { Self.writeSnapshot(s, into: &w) }
                 w.endArray()
                 w.optionalString("broken", r.broken)
+                w.field("role", r.deposed == nil ? "primary" : "deposed")
+                if let term = r.term {
+                    w.key("term")
+                    w.uint(term)
+                }
+                w.optionalString("deposed", r.deposed)
+                w.key("standbys")
+                w.beginArray()
+                for s in r.standbys {
+                    w.beginObject()
+                    w.field("name", s.name)
+                    w.key("applied")
+                    w.uint(s.applied)
+                    w.field("lag_ms", Int64(s.lagMilliseconds))
+                    w.field("seen_ms_ago", Int64(s.secondsSinceSeen * 1000))
+                    w.endObject()
+                }
+                w.endArray()
                 w.endObject()
             }
         }

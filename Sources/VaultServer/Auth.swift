@@ -23,6 +23,12 @@ extension VaultServer {
     /// Authenticates `Authorization: Bearer <token>`; 401 for missing, malformed, unknown or
     /// revoked tokens (one answer for all of them).
     func principal(_ request: Request) throws -> Principal {
+        Principal(info: try Self.bearer(request) { vault.authenticate(token: $0) })
+    }
+
+    /// The token of `Authorization: Bearer <token>`, as `authenticate` knows it (the header's copy
+    /// is wiped after); 401 for anything else.
+    static func bearer(_ request: Request, _ authenticate: (UnsafeRawBufferPointer) -> TokenInfo?) throws -> TokenInfo {
         guard let header = request.headers[.authorization] else { throw Problem.unauthorized() }
         var bytes = Array(header.utf8)
         defer { bytes.withUnsafeMutableBytes { secureZero($0) } }
@@ -30,11 +36,9 @@ extension VaultServer {
         guard bytes.count > scheme.count, bytes[0..<scheme.count].elementsEqual(scheme, by: { $0 | 0x20 == $1 | 0x20 }) else {
             throw Problem.unauthorized()
         }
-        let info = bytes.withUnsafeBytes { b in
-            vault.authenticate(token: UnsafeRawBufferPointer(rebasing: b[scheme.count...]))
-        }
+        let info = bytes.withUnsafeBytes { b in authenticate(UnsafeRawBufferPointer(rebasing: b[scheme.count...])) }
         guard let info else { throw Problem.unauthorized() }
-        return Principal(info: info)
+        return info
     }
 
     /// A tenant-scoped principal (agent or admin, as listed).

@@ -127,6 +127,16 @@ public struct VaultServer: Sendable {
     /// taken for an operator's deletion and re-bound by a listener no signal would reach.
     public func run(logger: Logger, gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint],
                     onRunning: @escaping @Sendable () async -> Void = {}) async throws {
+        try await Self.serve(responder: router(logger: logger).buildResponder(), configuration: configuration, logger: logger,
+                             gracefulShutdownSignals: gracefulShutdownSignals, onRunning: onRunning)
+    }
+
+    /// Serves `responder` as `run` describes (the daemon's routes, or a standby's); `onGroup` gets
+    /// the service group before it runs (to end it from a route: a standby's promotion).
+    static func serve<Responder: HTTPResponder>(
+        responder: Responder, configuration: ServerConfiguration, logger: Logger, gracefulShutdownSignals: [UnixSignal],
+        onRunning: @escaping @Sendable () async -> Void, onGroup: (ServiceGroup) -> Void = { _ in }
+    ) async throws where Responder.Context == VaultRequestContext {
         try Self.prepareSocket(configuration.socketPath)
         let socketPath = configuration.socketPath
         let socketFile = SocketFile(path: socketPath)
@@ -134,7 +144,6 @@ public struct VaultServer: Sendable {
         let maxConnections = Self.connectionLimit(wanted: configuration.maxConnections, logger: logger)
         let eventLoops = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.ioThreads))
         defer { eventLoops.shutdownGracefully { _ in } }
-        let responder = self.router(logger: logger).buildResponder()
         let deadline = TimeAmount.nanoseconds(Int64(configuration.requestTimeout.components.seconds) * 1_000_000_000
                                               + configuration.requestTimeout.components.attoseconds / 1_000_000_000)
         let server = HTTPServerBuilder.http1(configuration: .init(
@@ -188,6 +197,7 @@ public struct VaultServer: Sendable {
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: gracefulShutdownSignals,
                                                       logger: logger))
         groupBox.withLock { $0 = group }
+        onGroup(group)
         try await group.run()
     }
 

@@ -76,6 +76,17 @@ struct ServeCommand: AsyncParsableCommand {
           help: "Start a new journal in the (empty) --journal directory from a snapshot, although the vault wrote to another one.")
     var newJournal = false
 
+    @Flag(help: ArgumentHelp("Follow the --journal postgres:// another vault writes, applying its change sets to this "
+                             + "data directory (made from the journal's latest snapshot when empty); answer only /healthz "
+                             + "and GET /v1/admin/journal until promoted (POST /v1/admin/promote), then serve as the writer."))
+    var standby = false
+
+    @Option(name: .customLong("journal-lease"),
+            help: ArgumentHelp("How long a postgres:// journal's writer lease lasts without renewal, as an ISO 8601 "
+                               + "duration (default PT10S): a standby may be promoted this long after the writer's last renewal.",
+                               valueName: "duration"))
+    var journalLease: String?
+
     @Flag(name: .customLong("detach-journal"),
           help: "Run a vault that wrote a journal without one (its journal falls behind for good).")
     var detachJournal = false
@@ -110,8 +121,20 @@ struct ServeCommand: AsyncParsableCommand {
         if let journal {
             vault.journal = JournalSettings(location: try JournalLocation.parse(journal), startNew: newJournal)
             vault.journal?.passwordFile = journalPasswordFile
-        } else if newJournal || journalPasswordFile != nil {
-            throw ValidationError("--new-journal and --journal-password-file need --journal")
+            if let journalLease {
+                try checkDuration(journalLease, option: "--journal-lease")
+                let seconds = try ISODuration.seconds(journalLease, field: "--journal-lease")
+                guard (1...3600).contains(seconds) else { throw ValidationError("--journal-lease must be from PT1S to PT1H") }
+                vault.journal?.leaseSeconds = Int(seconds)
+            }
+        } else if newJournal || journalPasswordFile != nil || journalLease != nil {
+            throw ValidationError("--new-journal, --journal-password-file and --journal-lease need --journal")
+        }
+        if standby {
+            guard journal?.hasPrefix("postgres") == true else {
+                throw ValidationError("--standby follows a PostgreSQL journal: give --journal postgres://...")
+            }
+            guard !newJournal else { throw ValidationError("--standby and --new-journal do not go together") }
         }
         guard !(detachJournal && journal != nil) else { throw ValidationError("give --journal or --detach-journal, not both") }
         vault.detachJournal = detachJournal
@@ -175,6 +198,21 @@ struct ServeCommand: AsyncParsableCommand {
         configuration.commitObserver = ServerMetrics.commitObserver
         configuration.journal?.progress = { line in logger.info("journal", metadata: ["progress": "\(line)"]) }
 
+        var serverConfiguration = ServerConfiguration(socketPath: settings.socketPath, listen: settings.listen,
+                                                      maxBody: settings.maxBody)
+        serverConfiguration.maxConnections = settings.maxConnections
+        serverConfiguration.requestTimeout = .seconds(settings.requestTimeoutSeconds)
+        let socketPath = settings.socketPath
+        let listen = settings.listen
+
+        if standby {
+            // Until promoted, a standby: then the same process opens the vault as the writer.
+            guard let promotion = try await runStandby(configuration: configuration, server: serverConfiguration,
+                                                       logger: logger) else { return }
+            configuration.journal = promotion.settings
+            logger.notice("promoted: opening the vault as the journal's writer", metadata: ["term": "\(promotion.term)"])
+        }
+
         let vault = try reportingFailures {
             try Vault.open(dataDirectory: location.dataDirectory, masterKeyFile: location.keyFile,
                            configuration: configuration)
@@ -197,13 +235,7 @@ struct ServeCommand: AsyncParsableCommand {
             logger.error("token refused at start-up", metadata: ["error": "\(failure)"])
         }
 
-        var serverConfiguration = ServerConfiguration(socketPath: settings.socketPath, listen: settings.listen,
-                                                      maxBody: settings.maxBody)
-        serverConfiguration.maxConnections = settings.maxConnections
-        serverConfiguration.requestTimeout = .seconds(settings.requestTimeoutSeconds)
         let server = VaultServer(vault: vault, configuration: serverConfiguration)
-        let socketPath = settings.socketPath
-        let listen = settings.listen
         do {
             try await server.run(logger: logger) {
                 var metadata: Logger.Metadata = ["socket": "\(socketPath)", "mode": "0660"]
@@ -219,6 +251,34 @@ struct ServeCommand: AsyncParsableCommand {
         logger.info("stopping: committing and closing the vault")
         vault.close()
         logger.info("stopped")
+    }
+
+    /// Follows the journal and serves the standby's routes until promoted (the promotion) or
+    /// stopped by a signal (nil).
+    func runStandby(configuration: VaultConfiguration, server: ServerConfiguration,
+                    logger: Logger) async throws -> StandbyServer.Promotion? {
+        let node = try reportingFailures {
+            try Standby.open(dataDirectory: location.dataDirectory, masterKeyFile: location.keyFile, configuration: configuration)
+        }
+        node.start()
+        let status = node.status
+        logger.info("standby: following the journal", metadata: ["journal": "\(status.location)",
+                                                                 "applied": "\(status.applied)", "epoch": "\(status.epoch)"])
+        let promotion: StandbyServer.Promotion?
+        do {
+            promotion = try await StandbyServer(standby: node, configuration: server).run(logger: logger) {
+                logger.info("listening (standby)", metadata: ["socket": "\(server.socketPath)", "mode": "0660"])
+            }
+        } catch {
+            node.close()
+            Terminal.error("shredvault: \(error)")
+            throw ExitCode.failure
+        }
+        if promotion == nil {
+            node.close()
+            logger.info("stopped (standby)")
+        }
+        return promotion
     }
 }
 

@@ -291,7 +291,8 @@ final class PostgresJournal: JournalBackend, @unchecked Sendable {
                 startRenewing()
                 return
             }
-            guard wait, ContinuousClock.now + .milliseconds(Int(outcome.seconds * 1000)) < deadline else {
+            if !wait { throw Standby.LeaseHeld(holder: outcome.holder, seconds: Int(outcome.seconds.rounded(.up))) }
+            guard ContinuousClock.now + .milliseconds(Int(outcome.seconds * 1000)) < deadline else {
                 throw VaultError.journal("\(address.url) is in use by another vault process (\(outcome.holder) holds its "
                                          + "lease for \(Int(outcome.seconds.rounded(.up))) s more)")
             }
@@ -570,9 +571,60 @@ final class PostgresJournal: JournalBackend, @unchecked Sendable {
             // The last change set stays (as a directory journal's last segment does): the head
             // must remain provable after a snapshot covers everything.
             let term = try Self.writerTerm(s, address.url)
-            let keep = min(Int64(sequence), Int64(s.last ?? sequence) - 1)
+            var keep = min(Int64(sequence), Int64(s.last ?? sequence) - 1)
+            // Nor what a standby seen within the hour has not applied yet: it needs every change
+            // set (a rotation's carries the next generation, which a snapshot cannot give it).
+            try Self.createStandbyTable(c, logger)
+            let rows = try c.query("""
+                SELECT min(applied)::int8 FROM shredvault_standbys WHERE seen_at > now() - interval '1 hour'
+                """, logger: logger).wait().rows
+            if let behind = try rows.first?.decode(Int64?.self) { keep = min(keep, behind) }
             guard keep > 0 else { return }
             _ = try c.query("DELETE FROM shredvault_change_sets WHERE seq <= \(keep) AND EXISTS (SELECT 1 FROM shredvault_lease WHERE term = \(term) AND holder = \(holder))", logger: logger).wait()
+        }
+    }
+
+    static func createStandbyTable(_ c: PostgresConnection, _ logger: Logger) throws {
+        _ = try c.query("""
+            CREATE TABLE IF NOT EXISTS shredvault_standbys (
+                name text PRIMARY KEY, applied int8 NOT NULL, epoch int8 NOT NULL, lag_ms int8 NOT NULL,
+                seen_at timestamptz NOT NULL)
+            """, logger: logger).wait()
+    }
+
+    /// A standby says how far it has applied (the writer keeps what it has not, for an hour).
+    func reportStandby(name: String, applied: UInt64, epoch: UInt64, lagMilliseconds: Int) throws {
+        try run("reporting the standby's position") { c, _ in
+            try Self.createStandbyTable(c, logger)
+            _ = try c.query("""
+                INSERT INTO shredvault_standbys (name, applied, epoch, lag_ms, seen_at)
+                VALUES (\(name), \(Int64(applied)), \(Int64(epoch)), \(Int64(lagMilliseconds)), now())
+                ON CONFLICT (name) DO UPDATE SET applied = excluded.applied, epoch = excluded.epoch,
+                    lag_ms = excluded.lag_ms, seen_at = excluded.seen_at
+                """, logger: logger).wait()
+        }
+    }
+
+    /// A standby stops following (promoted): the writer no longer keeps change sets for it.
+    func forgetStandby(name: String) throws {
+        try run("removing the standby's position") { c, _ in
+            try Self.createStandbyTable(c, logger)
+            _ = try c.query("DELETE FROM shredvault_standbys WHERE name = \(name)", logger: logger).wait()
+        }
+    }
+
+    /// The standbys that reported within the hour: name, change set applied, lag, seconds since.
+    func standbys() throws -> [StandbyReport] {
+        try run("listing standbys") { c, _ in
+            try Self.createStandbyTable(c, logger)
+            let rows = try c.query("""
+                SELECT name, applied, lag_ms, extract(epoch FROM now() - seen_at)::float8 FROM shredvault_standbys
+                WHERE seen_at > now() - interval '1 hour' ORDER BY name
+                """, logger: logger).wait().rows
+            return try rows.map { row in
+                let (name, applied, lag, ago) = try row.decode((String, Int64, Int64, Double).self)
+                return StandbyReport(name: name, applied: UInt64(applied), lagMilliseconds: Int(lag), secondsSinceSeen: ago)
+            }
         }
     }
 

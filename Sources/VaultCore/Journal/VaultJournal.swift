@@ -12,6 +12,20 @@ public struct JournalReport: Sendable {
     public var snapshots: [SnapshotInfo]
     /// Set when the journal refuses writes until the daemon restarts.
     public var broken: String?
+    /// The lease term this vault writes under (a PostgreSQL journal).
+    public var term: UInt64?
+    /// Set once another node took the lease: this vault no longer writes.
+    public var deposed: String?
+    /// The standbys following a PostgreSQL journal (those seen within the hour).
+    public var standbys: [StandbyReport] = []
+}
+
+/// A standby as it last reported itself to the journal.
+public struct StandbyReport: Sendable {
+    public var name: String
+    public var applied: UInt64
+    public var lagMilliseconds: Int
+    public var secondsSinceSeen: Double
 }
 
 extension Vault {
@@ -50,7 +64,10 @@ extension Vault {
             guard let j = stores.journal else { return [] }
             return [JournalReport(location: j.backend.description, sequence: j.sequence, epoch: j.epoch,
                                   appendedSinceStart: j.appendedEntries, bytesSinceStart: j.appendedBytes,
-                                  snapshots: try j.backend.snapshots(), broken: j.brokenReason.map { "\($0)" })]
+                                  snapshots: try j.backend.snapshots(), broken: j.brokenReason.map { "\($0)" },
+                                  term: (j.backend as? PostgresJournal)?.term,
+                                  deposed: (j.backend as? PostgresJournal)?.deposed,
+                                  standbys: (try? (j.backend as? PostgresJournal)?.standbys()) ?? [])]
         }
         return report.first
     }
