@@ -128,6 +128,16 @@ extension VaultServer {
             return jsonResponse { w in Self.writeSnapshot(info, into: &w) }
         }
 
+        // Served by a standby (StandbyServer); the writer has nothing to promote.
+        router.post("/v1/admin/promote") { request, _ -> Response in
+            _ = try self.operatorPrincipal(request)
+            guard let r = try await self.vault.journalReport() else {
+                throw Problem(.conflict, "this vault runs without a journal: there is no standby to promote")
+            }
+            throw Problem(.conflict, "this vault is the journal's writer\(r.term.map { " (term \($0))" } ?? ""); "
+                          + "promote a standby (serve --standby) instead")
+        }
+
         router.get("/v1/admin/journal") { request, _ -> Response in
             _ = try self.operatorPrincipal(request)
             guard let r = try await self.vault.journalReport() else {

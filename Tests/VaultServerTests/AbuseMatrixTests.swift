@@ -802,6 +802,8 @@ enum AbuseRules {
         // The harness serves no journal: 409 and 404 for the operator, 403 for the others.
         AbuseVariant("POST /v1/admin/snapshot", [.operator: .always(409)]) { _, _, _ in AbuseProbe("POST", "/v1/admin/snapshot") },
         AbuseVariant("GET /v1/admin/journal", [.operator: .always(404)]) { _, _, _ in AbuseProbe("GET", "/v1/admin/journal") },
+        // Only a standby is promoted (StandbyTests): the writer answers 409.
+        AbuseVariant("POST /v1/admin/promote", [.operator: .always(409)]) { _, _, _ in AbuseProbe("POST", "/v1/admin/promote") },
         AbuseVariant("GET /v1/admin/audit", [.operator: .always(200)]) { _, _, _ in AbuseProbe("GET", "/v1/admin/audit?limit=1000") },
         AbuseVariant("GET /v1/admin/audit/verify", [.operator: .always(200)]) { _, _, _ in AbuseProbe("GET", "/v1/admin/audit/verify") },
     ]

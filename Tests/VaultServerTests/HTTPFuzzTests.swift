@@ -652,7 +652,8 @@ struct HTTPFuzzer {
         case ("POST", "/v1/admin/rotate"), ("POST", "/v1/admin/compact"): Spec(allowed: [.op], weight: 0.08)
         case ("POST", "/v1/admin/sweep"): Spec(allowed: [.op], weight: 0.2)
         case ("GET", "/v1/admin/stats"): Spec(allowed: [.op], weight: 0.5)
-        case ("POST", "/v1/admin/snapshot"), ("GET", "/v1/admin/journal"): Spec(allowed: [.op], weight: 0.2)
+        case ("POST", "/v1/admin/snapshot"), ("GET", "/v1/admin/journal"), ("POST", "/v1/admin/promote"):
+            Spec(allowed: [.op], weight: 0.2)
         case ("GET", "/v1/admin/audit"): Spec(allowed: [.op], query: true, weight: 0.5)
         case ("GET", "/v1/admin/audit/verify"): Spec(allowed: [.op], weight: 0.3)
         default:
