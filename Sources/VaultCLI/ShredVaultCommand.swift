@@ -22,7 +22,7 @@ public struct ShredVaultCommand: AsyncParsableCommand {
                 EraseCommand.self, ExportCommand.self, RetentionCommand.self, HoldCommand.self, ReportCommand.self,
             ]),
             CommandGroup(name: "Operating (operator token)", subcommands: [
-                TenantCommand.self, TokenCommand.self, RotateCommand.self, SweepCommand.self, CompactCommand.self, SnapshotCommand.self,
+                TenantCommand.self, TokenCommand.self, RotateCommand.self, SweepCommand.self, CompactCommand.self, SnapshotCommand.self, PromoteCommand.self,
                 StatsCommand.self,
             ]),
             CommandGroup(name: "Audit (admin or operator token)", subcommands: [AuditCommand.self]),

@@ -132,6 +132,21 @@ import Glibc
         throw ClusterError("the standby was not promoted in 20 s")
     }
 
+    /// `shredvault promote`: non-zero exit while the old writer's lease runs, then 0.
+    static func promoteWithCLI(_ b: Node, _ tokens: Tokens) async throws {
+        let tokenFile = b.dir + "/operator.token"
+        FileManager.default.createFile(atPath: tokenFile, contents: Data(tokens.op), attributes: [.posixPermissions: 0o600])
+        for _ in 0..<100 {
+            let (status, output) = try ShutdownTests.run(["promote", "--socket", b.socket, "--token-file", tokenFile], dir: b.dir)
+            if status == 0 {
+                #expect(output.contains("promoted") && output.contains("term"), "promote printed: \(output)")
+                return
+            }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        throw ClusterError("shredvault promote did not succeed in 20 s")
+    }
+
     @Test func aStandbyFollowsAcrossARotationAndIsPromotedAfterThePrimaryIsLost() async throws {
         let pg = try PostgresCluster()
         let (a, tokens) = try await Self.primary(pg)
@@ -207,8 +222,9 @@ import Glibc
         try await Self.waitUntilLevel(a, b, tokens)
 
         a.kill(SIGSTOP)
-        let term = try await Self.promote(b, tokens)
+        try await Self.promoteWithCLI(b, tokens)
         try await b.waitUntilServing(role: nil)
+        let term = try #require(try await b.client(tokens.op).send("GET", "/v1/admin/journal").object()["term"] as? Int)
         a.kill(SIGCONT)
 
         var answeredAfterPromotion: [String] = []
@@ -229,7 +245,6 @@ import Glibc
         #expect(listed.status == 200)
         #expect((try listed.object()["records"] as? [Any])?.isEmpty == true, "a write of the deposed primary reached the journal")
         #expect(try await Self.write(reader, "new", 2) != nil)
-        let journal = try await b.client(tokens.op).send("GET", "/v1/admin/journal").object()
-        #expect(journal["term"] as? Int == term)
+        #expect(term >= 2)
     }
 }
