@@ -18,7 +18,17 @@ public final class PostgresCluster: @unchecked Sendable {
 
     /// A new cluster, or a streaming replica of `primary` (`pg_basebackup -R`, a standby that
     /// follows the primary's WAL and can be promoted).
-    public init(replicaOf primary: PostgresCluster? = nil) throws {
+    public convenience init(replicaOf primary: PostgresCluster? = nil) throws {
+        try self.init(replicaOf: primary, copyOf: nil)
+    }
+
+    /// A cluster started on a file-level copy of `other`'s data directory (WAL included), as a
+    /// backup of the database server's disk would be: stop `other` first for a consistent copy.
+    public convenience init(copyOf other: PostgresCluster) throws {
+        try self.init(replicaOf: nil, copyOf: other)
+    }
+
+    private init(replicaOf primary: PostgresCluster?, copyOf other: PostgresCluster?) throws {
         guard FileManager.default.isExecutableFile(atPath: Self.bin + "/initdb") else {
             throw ClusterError("PostgreSQL 15 is not installed (\(Self.bin)/initdb): run scripts/setup, which installs postgresql-15")
         }
@@ -32,7 +42,10 @@ public final class PostgresCluster: @unchecked Sendable {
             chown(directory, pw.pointee.pw_uid, pw.pointee.pw_gid)
         }
         chmod(directory, 0o700)
-        if let primary {
+        if let other {
+            try run("/bin/cp", ["-a", other.data, data])
+            try start()
+        } else if let primary {
             try run(Self.bin + "/pg_basebackup", ["-h", primary.directory, "-p", "\(primary.port)", "-U", "shredvault",
                                                  "-D", data, "-R", "-X", "stream", "--no-sync", "-c", "fast"])
             // Its name in the primary's synchronous_standby_names.
@@ -84,6 +97,25 @@ public final class PostgresCluster: @unchecked Sendable {
         try run("/usr/bin/psql", ["-h", directory, "-p", "\(port)", "-U", "shredvault", "-d", "shredvault", "-At",
                                   "-v", "ON_ERROR_STOP=1", "-c", statement])
     }
+
+    /// `pg_dump` of the journal's database (plain SQL) into `file`; the text is returned.
+    @discardableResult
+    public func dump(to file: String) throws -> String {
+        let text = try run(Self.bin + "/pg_dump", ["-h", directory, "-p", "\(port)", "-U", "shredvault", "-d", "shredvault"])
+        FileManager.default.createFile(atPath: file, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600])
+        return text
+    }
+
+    /// Loads a plain `pg_dump` file into a new database `name` of this cluster.
+    public func load(_ file: String, into name: String) throws {
+        try run(Self.bin + "/createdb", ["-h", directory, "-p", "\(port)", "-U", "shredvault", name])
+        chmod(file, 0o644)
+        try run("/usr/bin/psql", ["-h", directory, "-p", "\(port)", "-U", "shredvault", "-d", name, "-q",
+                                  "-v", "ON_ERROR_STOP=1", "-f", file])
+    }
+
+    /// The journal's URL in database `name` of this cluster.
+    public func url(database name: String) -> String { "postgres://shredvault@/\(name)?host=\(directory)" }
 
     deinit {
         _ = try? run(Self.bin + "/pg_ctl", ["-D", data, "-m", "immediate", "-w", "stop"])

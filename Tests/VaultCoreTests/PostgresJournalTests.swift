@@ -191,6 +191,73 @@ extension PostgresCluster {
         #expect(listed.isEmpty, "the refused write came back")
     }
 
+    /// PostgreSQL keeps old rows in its WAL, its backups and its dumps for ever: after an erasure
+    /// and one rotation, a `pg_dump` and a cold copy of the server's data directory (WAL
+    /// included) taken before the erasure hold no DEK, tenant name, record id, subject or payload
+    /// in clear, and the current key file opens none of their change sets or snapshots.
+    @Test func shreddingReachesPgDumpAndACopyOfTheServersDataDirectory() async throws {
+        let pg = try PostgresCluster()
+        let jv = try JournaledVault(location: pg.location)
+        let vault = try jv.create()
+        _ = try await vault.createTenant(acme, actor: .system)
+        let a = try await vault.write(try newRecord("subject-zulu-7", "secret payload of alpha"), tenant: acme, actor: agent)
+        _ = try await vault.snapshot()
+        _ = try await vault.write(try newRecord("subject-yankee-8", "another payload"), tenant: acme, actor: agent)
+        let deks = try await ShreddingTests.dataKeys(vault, tenant: acme, ids: [a.id])
+
+        // The copies an operator's backups would hold, from before the erasure.
+        let dump = pg.directory + "/before-erasure.sql"
+        try pg.dump(to: dump)
+        vault.close()
+        try pg.stop()
+        let cold = try PostgresCluster(copyOf: pg)
+        try cold.stop()
+        try pg.start()
+        let reopened = try jv.open()
+        try await reopened.delete(a.id, tenant: acme, actor: admin)
+        _ = try await reopened.rotate()
+        reopened.close()
+
+        var files = try allFiles(under: cold.data)
+        files.append((dump, Array(try Data(contentsOf: URL(fileURLWithPath: dump)))))
+        #expect(files.contains { $0.0.contains("/pg_wal/") }, "the copy holds the WAL")
+        for (path, bytes) in files {
+            for needle in [deks[0], Array(acme.description.utf8), a.id.bytes, Array(a.id.description.utf8),
+                           Array("subject-zulu-7".utf8), Array("secret payload".utf8)] {
+                #expect(!contains(bytes, needle), "\(path) holds a secret in clear")
+            }
+        }
+
+        // Both copies, served again, hold journals the current key file opens nothing of.
+        try cold.start()
+        try pg.load(dump, into: "restored_dump")
+        let current = try MasterKeyFile(path: jv.dir.keyFile).load()
+        let mk = Key(try current.key.copy())
+        for url in [cold.url, pg.url(database: "restored_dump")] {
+            let backend = try PostgresJournal(address: try PostgresAddress(url: url), passwordFile: nil)
+            defer { backend.close() }
+            let vaultID = try #require(try backend.identity())
+            var opened = 0, tried = 0
+            let first = try backend.status().first
+            try backend.entries(after: max(first, 1) - 1) { entry in
+                tried += 1
+                if (try? ChangeSet.open(entry, vaultID: vaultID, journalKey: try JournalKeys.changeSetKey(master: mk).bytes)) != nil {
+                    opened += 1
+                }
+                return true
+            }
+            #expect(tried > 0 && opened == 0, "\(url): \(opened) of \(tried) change sets open with the current key")
+            let snapshots = try backend.snapshots()
+            #expect(!snapshots.isEmpty)
+            for info in snapshots {
+                let out = TemporaryDirectory()
+                #expect(throws: VaultError.self) {
+                    try Snapshot.restore(info, from: backend, vaultID: vaultID, master: mk, into: out.path + "/x")
+                }
+            }
+        }
+    }
+
     /// The lease fences a deposed writer: once another node holds the lease under the next term
     /// (what a promotion does), this vault's appends change nothing, every write fails, and the
     /// journal ends where the new writer found it. Reads too: each is audited, and its audit entry

@@ -26,3 +26,27 @@ import Sodium
         #expect(v.entries == 7)  // tenant.create, write, read, correct, read, delete, read (not found)
     }
 }
+
+/// One vault per data directory: a directory whose lock another holder keeps is refused (after
+/// the short wait), and one released during that wait is taken (a predecessor still exiting, or
+/// a child being spawned that holds a copy of the descriptor until its exec).
+@Suite struct DirectoryLockTests {
+    @Test func aHeldDirectoryIsRefusedAndOneReleasedMeanwhileIsTaken() async throws {
+        let tv = try TestVault()
+        let data = tv.dir.data
+        // The open vault holds the lock: another open is refused, naming the directory.
+        #expect { _ = try Vault.open(dataDirectory: data, masterKeyFile: tv.dir.keyFile) } throws: {
+            "\($0)".contains("\(data) is in use by another process")
+        }
+        // Another holder that lets go within the wait.
+        tv.vault.close()
+        let holder = try DirectoryLock(directory: data)
+        let released = Task.detached {
+            try await Task.sleep(for: .milliseconds(300))
+            holder.release()
+        }
+        let reopened = try Vault.open(dataDirectory: data, masterKeyFile: tv.dir.keyFile)
+        reopened.close()
+        try await released.value
+    }
+}

@@ -109,15 +109,26 @@ enum Posix {
 
 /// An exclusive advisory lock on `<data-dir>/LOCK` (flock), held while the vault is open,
 /// so two processes never open the same data directory.
+///
+/// A lock held elsewhere is tried again for up to `wait` before the directory is declared in use:
+/// a lock just released can outlive its holder for a moment (a process still exiting, or a child
+/// being spawned that holds a copy of every descriptor until its exec closes them), and a vault
+/// reopened at that moment would otherwise be refused.
 final class DirectoryLock: Sendable {
     private let fd: Locked<Int32>
 
-    init(directory: String) throws {
+    init(directory: String, wait: Duration = .seconds(2)) throws {
         let path = directory + "/LOCK"
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw VaultError.dataDirectory("cannot open \(path): \(Posix.errnoText())") }
-        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+        let deadline = ContinuousClock.now + wait
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
             let e = errno
+            if e == EINTR { continue }
+            if e == EWOULDBLOCK, ContinuousClock.now < deadline {
+                usleep(20_000)
+                continue
+            }
             close(fd)
             if e == EWOULDBLOCK {
                 throw VaultError.dataDirectory("\(directory) is in use by another process")
