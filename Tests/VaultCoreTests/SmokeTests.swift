@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import Sodium
 @testable import VaultCore
@@ -41,12 +42,12 @@ import Sodium
         // Another holder that lets go within the wait.
         tv.vault.close()
         let holder = try DirectoryLock(directory: data)
-        let released = Task.detached {
-            try await Task.sleep(for: .milliseconds(300))
+        // A thread of its own: the open below blocks this one while it waits.
+        Thread.detachNewThread {
+            usleep(300_000)
             holder.release()
         }
         let reopened = try Vault.open(dataDirectory: data, masterKeyFile: tv.dir.keyFile)
         reopened.close()
-        try await released.value
     }
 }
