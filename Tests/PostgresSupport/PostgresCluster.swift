@@ -128,11 +128,15 @@ public final class PostgresCluster: @unchecked Sendable {
     @discardableResult
     private func run(_ program: String, _ arguments: [String]) throws -> String {
         var argv = [program] + arguments
-        var executable = program
         if geteuid() == 0 {
-            executable = "/usr/sbin/runuser"
-            argv = [executable, "-u", getpwnam("postgres") != nil ? "postgres" : "nobody", "--"] + argv
+            argv = ["/usr/sbin/runuser", "-u", getpwnam("postgres") != nil ? "postgres" : "nobody", "--"] + argv
         }
+        // The child first closes every descriptor it inherited but 0–2 (posix_spawn passes on all
+        // those without FD_CLOEXEC, and glibc's closefrom action is not visible to Swift): the
+        // server pg_ctl starts would otherwise hold a test's sockets open for its whole life, and
+        // a peer waiting for their EOF would wait for ever.
+        let executable = "/usr/bin/python3"
+        argv = [executable, "-c", "import os, sys; os.closerange(3, 1 << 16); os.execv(sys.argv[1], sys.argv[1:])"] + argv
         let outFile = "/tmp/svpg-run-" + UUID().uuidString
         defer { unlink(outFile) }
         var actions = posix_spawn_file_actions_t()

@@ -154,7 +154,7 @@ private final class CannedServer: @unchecked Sendable {
         directory = String(cString: made)
         let fd: Int32
         if tcp {
-            fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             var address = sockaddr_in()
             address.sin_family = sa_family_t(AF_INET)
             address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
@@ -172,7 +172,7 @@ private final class CannedServer: @unchecked Sendable {
             endpoint = .tcp(host: "localhost", port: Int(UInt16(bigEndian: address.sin_port)))
         } else {
             let path = directory + "/s.sock"
-            fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             var address = sockaddr_un()
             address.sun_family = sa_family_t(AF_UNIX)
             withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
@@ -195,6 +195,7 @@ private final class CannedServer: @unchecked Sendable {
     private func acceptLoop(_ handler: @escaping @Sendable (CannedPeer) -> Void) {
         while true {
             let fd = accept(listener, nil, nil)
+            if fd >= 0 { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
             if fd < 0 {
                 if errno == EINTR { continue }
                 return
@@ -677,7 +678,7 @@ struct ClientTests {
         let directory = String(cString: try #require(template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }))
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let path = directory + "/b.sock"
-        let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         defer { close(listener) }
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
@@ -694,6 +695,7 @@ struct ClientTests {
             Thread {
                 usleep(100_000)
                 let accepted = accept(listener, nil, nil)
+                if accepted >= 0 { _ = fcntl(accepted, F_SETFD, FD_CLOEXEC) }
                 if accepted >= 0 { close(accepted) }
             }.start()
             let late = clientError { _ = try HTTPConnection(endpoint: .unixSocket(path: path), timeout: 5) }

@@ -1505,7 +1505,7 @@ enum RawExchange {
 
     static func connectUnix(_ path: String, failure: inout String?) -> Int32? {
         for attempt in 0..<200 {
-            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else {
                 failure = "socket(): errno \(errno)"
                 return nil

@@ -125,7 +125,7 @@ import Glibc
         let h = try await ServerHarness.start()
         defer { Task { await h.stop() } }
         for payload in ["POST /v1/records HTTP/1.1\r\nHost: vault\r\nContent-Length: 100\r\n\r\n{\"subj", "GARBAGE\r\n\r\n", "GET /healthz HTTP/1.1\r\n"] {
-            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             var addr = sockaddr_un()
             addr.sun_family = sa_family_t(AF_UNIX)
             withUnsafeMutableBytes(of: &addr.sun_path) { p in p.copyBytes(from: Array(h.socket.utf8)) }
