@@ -92,7 +92,7 @@ let package = Package(
         // Issue 5's crash suite: kills the real daemon under load and checks every acknowledgement (scripts/crash-test).
         .executableTarget(
             name: "CrashTest",
-            dependencies: ["VaultClient", "Locking", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["PostgresSupport", "VaultClient", "Locking", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: swiftSettings
         ),
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import PostgresSupport
 import VaultClient
 #if canImport(Glibc)
 import Glibc
@@ -68,6 +69,11 @@ struct CrashTestCommand: ParsableCommand {
                                + "the kept key before the checks.", valueName: "share"))
     var machineLoss = 0.0
 
+    @Flag(help: ArgumentHelp("With --journal: the journal is PostgreSQL (a cluster this run starts with initdb), followed "
+                             + "by a standby (serve --standby) on another directory; a lost machine is replaced by "
+                             + "promoting the standby instead of a restore."))
+    var standby = false
+
     @Flag(help: "Show how long each phase of the checks took.")
     var timings = false
 
@@ -81,6 +87,7 @@ struct CrashTestCommand: ParsableCommand {
         guard prefill >= 0 else { throw ValidationError("--prefill must not be negative") }
         guard (0...1).contains(machineLoss) else { throw ValidationError("--machine-loss is a share from 0 to 1") }
         guard machineLoss == 0 || journal else { throw ValidationError("--machine-loss needs --journal") }
+        guard !standby || journal else { throw ValidationError("--standby needs --journal") }
     }
 
     func run() throws {
@@ -99,10 +106,19 @@ struct CrashTestCommand: ParsableCommand {
         let root = String(cString: made)
 
         say("crash-test: seed \(seed) (replay with --seed \(seed)), \(rounds) rounds, \(clients) clients, binary \(path), in \(root)"
-            + (journal ? ", with a journal" + (machineLoss > 0 ? ", machine lost in \(Int(machineLoss * 100))% of rounds" : "") : ""))
+            + (journal ? ", with a " + (standby ? "PostgreSQL journal and a standby" : "journal")
+                + (machineLoss > 0 ? ", machine lost in \(Int(machineLoss * 100))% of rounds" : "") : ""))
+        var cluster: PostgresCluster?
+        if standby {
+            do { cluster = try PostgresCluster() } catch {
+                say("crash-test: cannot start PostgreSQL: \(error)")
+                say("crash-test: 0 passed, \(rounds) failed")
+                throw ExitCode.failure
+            }
+        }
         let runner = Runner(binary: path, root: root, seed: seed, rounds: rounds, clients: clients, freshEvery: freshEvery,
                             prefill: prefill, checkThreads: checkThreads, timings: timings, injectRollback: injectRollback,
-                            journal: journal, machineLoss: machineLoss)
+                            journal: journal, machineLoss: machineLoss, postgres: cluster)
         let started = monotonicSeconds()
         let failures = runner.run()
         let elapsed = monotonicSeconds() - started
@@ -160,6 +176,8 @@ final class Epoch {
     /// Set when the daemon could not be restarted or stopped answering: the next round starts a new vault.
     var broken = false
     var failed = false
+    /// For promoting a standby.
+    var operatorToken: [UInt8] = []
 
     init(number: Int, daemon: Daemon, model: VaultModel, operatorClient: VaultHTTPClient, tokens: [TenantTokens]) {
         self.number = number
@@ -192,9 +210,12 @@ final class Runner {
     let injectRollback: Int?
     let journal: Bool
     let machineLoss: Double
+    /// With `--standby`: the PostgreSQL cluster holding every vault's journal (a database each).
+    let postgres: PostgresCluster?
 
     init(binary: String, root: String, seed: UInt64, rounds: Int, clients: Int, freshEvery: Int, prefill: Int,
-         checkThreads: Int, timings: Bool, injectRollback: Int?, journal: Bool, machineLoss: Double) {
+         checkThreads: Int, timings: Bool, injectRollback: Int?, journal: Bool, machineLoss: Double, postgres: PostgresCluster?) {
+        self.postgres = postgres
         self.injectRollback = injectRollback
         self.journal = journal
         self.machineLoss = machineLoss
@@ -212,7 +233,7 @@ final class Runner {
     func run() -> [Violation] {
         var all: [Violation] = []
         var epoch: Epoch?
-        defer { epoch?.daemon.kill9() }
+        defer { epoch?.daemon.kill9(); epoch?.daemon.stopStandby() }
         for round in 1...rounds {
             let log = ViolationLog(round: round)
             if epoch == nil || epoch!.broken || epoch!.rounds >= freshEvery {
@@ -239,14 +260,15 @@ final class Runner {
             }
             all += log.all
         }
-        if let epoch { epoch.daemon.stop() }
+        if let epoch { epoch.daemon.stop(); epoch.daemon.stopStandby() }
         return all
     }
 
     /// Stops a vault's daemon and removes its directory (kept when one of its rounds failed).
     private func retire(_ epoch: Epoch) {
         epoch.daemon.stop()
-        if !epoch.failed { try? FileManager.default.removeItem(atPath: epoch.daemon.directory) }
+        epoch.daemon.stopStandby()
+        if !epoch.failed { try? FileManager.default.removeItem(atPath: epoch.daemon.home) }
     }
 
     // MARK: A new vault
@@ -259,7 +281,13 @@ final class Runner {
         // Alternate day buckets (one big bucket: heavy rotations) and one-second buckets with
         // records that expire within the round (sweeps destroy keys while the daemon is killed).
         let shortBuckets = number % 2 == 0
-        let daemon = Daemon(binary: binary, directory: directory, bucketWidth: shortBuckets ? "PT1S" : "P1D", journaled: journal)
+        var journalURL: String?
+        if let postgres {
+            try postgres.createDatabase("e\(number)")
+            journalURL = postgres.url(database: "e\(number)")
+        }
+        let daemon = Daemon(binary: binary, directory: directory, bucketWidth: shortBuckets ? "PT1S" : "P1D", journaled: journal,
+                            journalURL: journalURL)
         let operatorToken = try daemon.initialise()
         try daemon.start()
         let op = VaultHTTPClient(endpoint: .unixSocket(path: daemon.socket), token: operatorToken, timeout: 60)
@@ -283,7 +311,9 @@ final class Runner {
         try fill(model, socket: daemon.socket, tokens: tokens, epoch: number)
         say("vault \(number): \(directory), \(shortBuckets ? "1-second buckets, records expiring within rounds" : "1-day buckets"), "
             + "\(model.records.count) records written in \(format(monotonicSeconds() - started))")
-        return Epoch(number: number, daemon: daemon, model: model, operatorClient: op, tokens: tokens)
+        let epoch = Epoch(number: number, daemon: daemon, model: model, operatorClient: op, tokens: tokens)
+        epoch.operatorToken = operatorToken
+        return epoch
     }
 
     /// Writes `prefill` records in batches of 250, spread over the workers' regular subjects.
@@ -354,6 +384,10 @@ final class Runner {
         }
         let model = epoch.model
         let daemon = epoch.daemon
+        if postgres != nil {
+            // A standby follows the journal through the round (a new one after a promotion).
+            do { try daemon.startStandby() } catch { log.add("the standby did not start", "\(error)") }
+        }
         let killed = StopFlag(), stop = StopFlag()
         let retention: (String, Int64)? = model.ephemeralAllowed ? ("PT1S", 1000) : nil
         let workers = (0..<clients).map { w in
@@ -366,7 +400,7 @@ final class Runner {
         if injectRollback == round {
             do { try daemon.snapshot() } catch { log.add("self-test", "\(error)") }
         }
-        if machineLoss > 0 {
+        if machineLoss > 0 && postgres == nil {
             do { try daemon.keepKey() } catch { log.add("keeping the key", "\(error)") }
         }
         let started = monotonicSeconds()
@@ -423,7 +457,17 @@ final class Runner {
         if !left.isEmpty { what += "; left \(left.joined(separator: ", "))" }
 
         // Now and then the machine is lost with the daemon: rebuilt from the journal.
-        if machineLoss > 0, Double.random(in: 0..<1, using: &rng) < machineLoss {
+        let machineLost = machineLoss > 0 && Double.random(in: 0..<1, using: &rng) < machineLoss
+        if machineLost, postgres != nil {
+            do {
+                what += "; machine lost, " + (try daemon.loseMachineAndPromote(operatorToken: epoch.operatorToken))
+            } catch {
+                log.add("promoting the standby after the loss of the machine failed", "\(error)")
+                epoch.broken = true
+                report(round, epoch: epoch, what: what + "; machine lost", counts: counts, checker: nil, log: log, started: roundStarted)
+                return
+            }
+        } else if machineLost {
             do {
                 let summary = try daemon.loseMachineAndRestore()
                 what += "; machine lost, restored \(summary)"

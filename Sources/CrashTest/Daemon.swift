@@ -18,26 +18,46 @@ struct DaemonError: Error, CustomStringConvertible {
 final class Daemon: @unchecked Sendable {
     // unchecked: used from the driver thread only; workers only read the immutable paths.
     let binary: String
-    let directory: String
+    /// The vault's own directory (its first machine's files, and its logs).
+    let home: String
+    /// The machine serving it now: `home` until a standby is promoted, then that standby's.
+    private(set) var directory: String
     let bucketWidth: String
     /// Serve with a journal in `journal/` (another disk, in production): what a lost machine is
     /// restored from.
     let journaled: Bool
-    var journalDirectory: String { directory + "/journal" }
+    /// Or with a PostgreSQL journal, followed by a standby on another "machine" (directory) that
+    /// is promoted when the writer's machine is lost.
+    let journalURL: String?
+    var journalDirectory: String { home + "/journal" }
     var dataDirectory: String { directory + "/data" }
     var keyFile: String { directory + "/keys/master.key" }
-    var socket: String { dataDirectory + "/shredvault.sock" }
+    /// One socket path for whichever machine writes (the workers and checks keep their clients).
+    var socket: String { journalURL == nil ? dataDirectory + "/shredvault.sock" : home + "/s.sock" }
+    /// The standby's machine and process, when one runs.
+    private(set) var standbyDirectory: String?
+    private(set) var standbyPID: pid_t = 0
+    private var machines = 0
+    var standbySocket: String? { standbyDirectory.map { $0 + "/standby.sock" } }
 
     private(set) var pid: pid_t = 0
     private(set) var starts = 0
     /// Logs of this vault's daemon starts, oldest first.
     private(set) var logs: [String] = []
 
-    init(binary: String, directory: String, bucketWidth: String, journaled: Bool = false) {
+    init(binary: String, directory: String, bucketWidth: String, journaled: Bool = false, journalURL: String? = nil) {
         self.binary = binary
+        self.home = directory
         self.directory = directory
         self.bucketWidth = bucketWidth
         self.journaled = journaled
+        self.journalURL = journalURL
+    }
+
+    /// The journal options of `serve`.
+    private var journalArguments: [String] {
+        if let journalURL { return ["--journal", journalURL, "--journal-lease", "PT2S", "--socket", socket] }
+        return journaled ? ["--journal", journalDirectory] : []
     }
 
     var isRunning: Bool { pid > 0 }
@@ -86,8 +106,85 @@ final class Daemon: @unchecked Sendable {
             throw DaemonError("mkdir \(journalDirectory): \(String(cString: strerror(errno)))")
         }
         pid = try spawn(["serve", "--data-dir", dataDirectory, "--key-file", keyFile, "--bucket-width", bucketWidth,
-                         "--rotation-chunk", "300"] + (journaled ? ["--journal", journalDirectory] : []),
+                         "--rotation-chunk", "300"] + journalArguments,
                         stdout: log, stderr: log)
+    }
+
+    /// Starts a standby on a new machine (directory) unless one runs: an empty data directory
+    /// and a copy of the writer's current key file, following the PostgreSQL journal.
+    func startStandby() throws {
+        guard let journalURL, standbyPID == 0 else { return }
+        machines += 1
+        let machine = home + "/m\(machines)"
+        try? FileManager.default.removeItem(atPath: machine)
+        guard mkdir(machine, 0o700) == 0, mkdir(machine + "/keys", 0o700) == 0 else { throw DaemonError("mkdir \(machine)") }
+        guard let key = FileManager.default.contents(atPath: keyFile),
+              FileManager.default.createFile(atPath: machine + "/keys/master.key", contents: key, attributes: [.posixPermissions: 0o600]) else {
+            throw DaemonError("cannot copy the key file to the standby")
+        }
+        let log = machine + "/standby.log"
+        logs.append(log)
+        standbyDirectory = machine
+        standbyPID = try spawn(["serve", "--standby", "--data-dir", machine + "/data", "--key-file", machine + "/keys/master.key",
+                                "--bucket-width", bucketWidth, "--rotation-chunk", "300", "--journal", journalURL,
+                                "--journal-lease", "PT2S", "--socket", machine + "/standby.sock"],
+                               stdout: log, stderr: log)
+        let client = VaultHTTPClient(endpoint: .unixSocket(path: machine + "/standby.sock"), token: nil, timeout: 2)
+        let deadline = monotonicSeconds() + 60
+        while monotonicSeconds() < deadline {
+            var status: Int32 = 0
+            if waitpid(standbyPID, &status, WNOHANG) == standbyPID {
+                standbyPID = 0
+                throw DaemonError("the standby exited during start-up (\(describe(status))): " + tail(of: log, lines: 3))
+            }
+            if client.call("GET", "/healthz").status == 200 { return }
+            usleep(20_000)
+        }
+        throw DaemonError("the standby did not answer within 60 s: " + tail(of: log, lines: 3))
+    }
+
+    /// The writer's machine is lost while its daemon is down (data directory and keys gone): the
+    /// standby is promoted (refused while the dead writer's lease runs, then the lease's next
+    /// term), stopped, and becomes the machine this vault is served from; the next `start` serves
+    /// its files as the writer. Returns what happened, for the round's line.
+    func loseMachineAndPromote(operatorToken: [UInt8]) throws -> String {
+        precondition(pid == 0, "the machine is lost only with the daemon down")
+        guard let machine = standbyDirectory, let standbySocket, standbyPID > 0 else {
+            throw DaemonError("no standby runs to promote")
+        }
+        try FileManager.default.removeItem(atPath: dataDirectory)
+        try FileManager.default.removeItem(atPath: directory + "/keys")
+        let op = VaultHTTPClient(endpoint: .unixSocket(path: standbySocket), token: operatorToken, timeout: 120)
+        let started = monotonicSeconds()
+        var refused = 0
+        while true {
+            let r = op.call("POST", "/v1/admin/promote")
+            if r.status == 200 { break }
+            guard r.status == 409, monotonicSeconds() - started < 60 else {
+                throw DaemonError("promoting the standby: \(r.summary)")
+            }
+            refused += 1
+            usleep(200_000)
+        }
+        let took = monotonicSeconds() - started
+        // The promoted process serves on the standby's socket: stop it, and serve its files
+        // from now on as the writer, on the vault's socket.
+        kill(standbyPID, SIGTERM)
+        let deadline = monotonicSeconds() + 30
+        while monotonicSeconds() < deadline, waitpid(standbyPID, nil, WNOHANG) != standbyPID { usleep(20_000) }
+        if waitpid(standbyPID, nil, WNOHANG) == 0 { kill(standbyPID, SIGKILL); _ = wait(standbyPID) }
+        standbyPID = 0
+        standbyDirectory = nil
+        directory = machine
+        return "promoted the standby after \(String(format: "%.1f", took)) s (\(refused) refusals while the lease ran)"
+    }
+
+    /// Stops the standby, if one runs.
+    func stopStandby() {
+        guard standbyPID > 0 else { return }
+        kill(standbyPID, SIGKILL)
+        _ = wait(standbyPID)
+        standbyPID = 0
     }
 
     /// The machine is lost while the daemon is down: the data directory and the key file go; the

@@ -25,6 +25,7 @@ public struct StandbyServer: Sendable {
     /// Serves until promoted (then returns the promotion, with the socket released for the
     /// vault) or until SIGTERM/SIGINT (returns nil).
     public func run(logger: Logger, gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint],
+                    shutdown: ShutdownTrigger? = nil,
                     onRunning: @escaping @Sendable () async -> Void = {}) async throws -> Promotion? {
         let promoted = Locked<Promotion?>(nil)
         let group = Locked<ServiceGroup?>(nil)
@@ -84,7 +85,10 @@ public struct StandbyServer: Sendable {
 
         try await VaultServer.serve(responder: router.buildResponder(), configuration: configuration, logger: logger,
                                     gracefulShutdownSignals: gracefulShutdownSignals, onRunning: onRunning,
-                                    onGroup: { g in group.withLock { $0 = g } })
+                                    onGroup: { g in
+                                        group.withLock { $0 = g }
+                                        shutdown?.attach(g)
+                                    })
         return promoted.withLock { $0 }
     }
 

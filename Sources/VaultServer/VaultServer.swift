@@ -126,9 +126,11 @@ public struct VaultServer: Sendable {
     /// group takes no new service, so the socket file a stopping listener removes is never
     /// taken for an operator's deletion and re-bound by a listener no signal would reach.
     public func run(logger: Logger, gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint],
+                    shutdown: ShutdownTrigger? = nil,
                     onRunning: @escaping @Sendable () async -> Void = {}) async throws {
         try await Self.serve(responder: router(logger: logger).buildResponder(), configuration: configuration, logger: logger,
-                             gracefulShutdownSignals: gracefulShutdownSignals, onRunning: onRunning)
+                             gracefulShutdownSignals: gracefulShutdownSignals, onRunning: onRunning,
+                             onGroup: { group in shutdown?.attach(group) })
     }
 
     /// Serves `responder` as `run` describes (the daemon's routes, or a standby's); `onGroup` gets
@@ -309,4 +311,41 @@ final class StopFlag: Sendable {
     private let flag = Atomic<Bool>(false)
     func set() { flag.store(true, ordering: .relaxed) }
     var isSet: Bool { flag.load(ordering: .relaxed) }
+}
+
+/// A shutdown asked for once for the daemon's whole life, across the servers it runs one after
+/// the other (a standby's, then the vault's after a promotion): a signal that arrives between
+/// them is not lost, and the next server stops as soon as it starts. The caller watches the
+/// signals (and passes `gracefulShutdownSignals: []` to the servers).
+public final class ShutdownTrigger: Sendable {
+    private let state = Locked<(requested: Bool, group: ServiceGroup?)>((false, nil))
+
+    public init() {}
+
+    public var isRequested: Bool { state.withLock { $0.requested } }
+
+    /// Watches SIGTERM and SIGINT until cancelled, asking for the shutdown at each.
+    public func watchSignals() -> Task<Void, Never> {
+        Task {
+            for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) { self.request() }
+        }
+    }
+
+    /// Asks the running server (or the next one) to stop gracefully.
+    public func request() {
+        let group = state.withLock { s -> ServiceGroup? in
+            s.requested = true
+            return s.group
+        }
+        if let group { Task { await group.triggerGracefulShutdown() } }
+    }
+
+    /// The server now running (a group told to stop before it runs stops as soon as it does).
+    func attach(_ group: ServiceGroup) {
+        let requested = state.withLock { s -> Bool in
+            s.group = group
+            return s.requested
+        }
+        if requested { Task { await group.triggerGracefulShutdown() } }
+    }
 }

@@ -114,6 +114,11 @@ public final class PostgresCluster: @unchecked Sendable {
                                   "-v", "ON_ERROR_STOP=1", "-f", file])
     }
 
+    /// A new, empty database `name`.
+    public func createDatabase(_ name: String) throws {
+        try run(Self.bin + "/createdb", ["-h", directory, "-p", "\(port)", "-U", "shredvault", name])
+    }
+
     /// The journal's URL in database `name` of this cluster.
     public func url(database name: String) -> String { "postgres://shredvault@/\(name)?host=\(directory)" }
 

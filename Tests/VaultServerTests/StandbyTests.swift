@@ -154,6 +154,8 @@ import Glibc
         var acknowledged: [(String, Int)] = []
         for n in 0..<20 { if let id = try await Self.write(agent, "s\(n % 4)", n) { acknowledged.append((id, n)) } }
         let b = try await Self.standby(of: a, pg)
+        // Level: the tokens issued after the snapshot the standby started from are known there.
+        try await Self.waitUntilLevel(a, b, tokens)
 
         // Until promoted it answers its health and its state, and nothing else.
         let bAgent = b.client(tokens.agent)
@@ -246,5 +248,26 @@ import Glibc
         #expect((try listed.object()["records"] as? [Any])?.isEmpty == true, "a write of the deposed primary reached the journal")
         #expect(try await Self.write(reader, "new", 2) != nil)
         #expect(term >= 2)
+    }
+
+    /// SIGTERM right after the promotion is answered, while the daemon closes the standby's server
+    /// and opens the vault: the signal is not lost (the daemon exits 0), and the next start on
+    /// those files serves them as the writer.
+    @Test func aSignalDuringThePromotionHandoverStopsTheDaemon() async throws {
+        let pg = try PostgresCluster()
+        let (a, tokens) = try await Self.primary(pg)
+        let kept = try #require(try await Self.write(a.client(tokens.agent), "kept", 1))
+        let b = try await Self.standby(of: a, pg)
+        try await Self.waitUntilLevel(a, b, tokens)
+        a.kill(SIGKILL)
+        _ = try await Self.promote(b, tokens)
+        b.kill(SIGTERM)
+        let daemon = try #require(b.daemon)
+        #expect(ShutdownTests.waitForExit(daemon, seconds: 15), "the promoted daemon did not stop on SIGTERM")
+        #expect(daemon.terminationStatus == 0)
+
+        try b.serve(["--journal", pg.url, "--journal-lease", "PT2S"])
+        try await b.waitUntilServing(role: nil)
+        #expect(try await b.client(tokens.agent).send("GET", "/v1/records/\(kept)").status == 200)
     }
 }

@@ -205,10 +205,20 @@ struct ServeCommand: AsyncParsableCommand {
         let socketPath = settings.socketPath
         let listen = settings.listen
 
+        // SIGTERM and SIGINT are watched for the process's whole life, not by each server: one that
+        // arrives while a promoted standby opens its vault stops the vault's server at once.
+        let shutdown = ShutdownTrigger()
+        let signals = shutdown.watchSignals()
+        defer { signals.cancel() }
+
         if standby {
             // Until promoted, a standby: then the same process opens the vault as the writer.
             guard let promotion = try await runStandby(configuration: configuration, server: serverConfiguration,
-                                                       logger: logger) else { return }
+                                                       shutdown: shutdown, logger: logger) else { return }
+            if shutdown.isRequested {
+                logger.info("promoted, and asked to stop: the next start opens the vault as the writer")
+                return
+            }
             configuration.journal = promotion.settings
             logger.notice("promoted: opening the vault as the journal's writer", metadata: ["term": "\(promotion.term)"])
         }
@@ -237,7 +247,7 @@ struct ServeCommand: AsyncParsableCommand {
 
         let server = VaultServer(vault: vault, configuration: serverConfiguration)
         do {
-            try await server.run(logger: logger) {
+            try await server.run(logger: logger, gracefulShutdownSignals: [], shutdown: shutdown) {
                 var metadata: Logger.Metadata = ["socket": "\(socketPath)", "mode": "0660"]
                 if let listen { metadata["tcp"] = "\(listen.host):\(listen.port)" }
                 logger.info("listening", metadata: metadata)
@@ -255,7 +265,7 @@ struct ServeCommand: AsyncParsableCommand {
 
     /// Follows the journal and serves the standby's routes until promoted (the promotion) or
     /// stopped by a signal (nil).
-    func runStandby(configuration: VaultConfiguration, server: ServerConfiguration,
+    func runStandby(configuration: VaultConfiguration, server: ServerConfiguration, shutdown: ShutdownTrigger,
                     logger: Logger) async throws -> StandbyServer.Promotion? {
         let node = try reportingFailures {
             try Standby.open(dataDirectory: location.dataDirectory, masterKeyFile: location.keyFile, configuration: configuration)
@@ -266,7 +276,8 @@ struct ServeCommand: AsyncParsableCommand {
                                                                  "applied": "\(status.applied)", "epoch": "\(status.epoch)"])
         let promotion: StandbyServer.Promotion?
         do {
-            promotion = try await StandbyServer(standby: node, configuration: server).run(logger: logger) {
+            promotion = try await StandbyServer(standby: node, configuration: server)
+                .run(logger: logger, gracefulShutdownSignals: [], shutdown: shutdown) {
                 logger.info("listening (standby)", metadata: ["socket": "\(server.socketPath)", "mode": "0660"])
             }
         } catch {
