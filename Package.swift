@@ -41,14 +41,17 @@ let package = Package(
             pkgConfig: "lmdb",
             providers: [.apt(["liblmdb-dev"])]
         ),
+        // The system calls Swift's Glibc module does not show (prctl, malloc_trim, SO_PEERCRED,
+        // posix_spawn's closefrom), in C with _GNU_SOURCE: no dlsym, no reinterpreted prototypes.
+        .target(name: "CVaultSystem"),
         // A pthread-mutex lock ThreadSanitizer can see (Synchronization.Mutex uses raw futexes on Linux).
         .target(name: "Locking", swiftSettings: swiftSettings),
-        .target(name: "Sodium", dependencies: ["CSodium"], swiftSettings: swiftSettings),
+        .target(name: "Sodium", dependencies: ["CSodium", "CVaultSystem"], swiftSettings: swiftSettings),
         .target(name: "LMDB", dependencies: ["CLMDB", "Locking"], swiftSettings: swiftSettings),
         .target(
             name: "VaultCore",
             dependencies: [
-                "Sodium", "LMDB", "Locking",
+                "Sodium", "LMDB", "Locking", "CVaultSystem",
                 // The PostgreSQL journal backend (`--journal postgres://...`).
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -57,7 +60,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        .executableTarget(name: "CoreBench", dependencies: ["VaultCore", "Sodium", "Locking"], swiftSettings: swiftSettings),
+        .executableTarget(name: "CoreBench", dependencies: ["VaultCore", "Sodium", "Locking", "CVaultSystem"], swiftSettings: swiftSettings),
         // JSON scanning/writing and the request/response shapes shared by server and CLI.
         .target(name: "VaultAPI", dependencies: ["VaultCore", "Sodium"], swiftSettings: swiftSettings),
         // A small HTTP/1.1 client over a Unix socket (CLI, benchmarks, tests).
@@ -65,7 +68,7 @@ let package = Package(
         .target(
             name: "VaultServer",
             dependencies: [
-                "VaultCore", "VaultAPI", "Sodium", "Locking",
+                "VaultCore", "VaultAPI", "Sodium", "Locking", "CVaultSystem",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -92,14 +95,14 @@ let package = Package(
         // Issue 5's crash suite: kills the real daemon under load and checks every acknowledgement (scripts/crash-test).
         .executableTarget(
             name: "CrashTest",
-            dependencies: ["PostgresSupport", "VaultClient", "Locking", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["PostgresSupport", "CVaultSystem", "VaultClient", "Locking", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: swiftSettings
         ),
 
         // Test support shared by the seeded tests of several targets (generator, knobs, output).
         .target(name: "FuzzSupport", path: "Tests/FuzzSupport", swiftSettings: swiftSettings),
         // A real PostgreSQL cluster of the tests' own (initdb in a temporary directory).
-        .target(name: "PostgresSupport", path: "Tests/PostgresSupport", swiftSettings: swiftSettings),
+        .target(name: "PostgresSupport", dependencies: ["CVaultSystem"], path: "Tests/PostgresSupport", swiftSettings: swiftSettings),
         .testTarget(name: "SodiumTests", dependencies: ["Sodium"], swiftSettings: swiftSettings),
         .testTarget(name: "LMDBTests", dependencies: ["LMDB", "Locking"], swiftSettings: swiftSettings),
         .testTarget(name: "VaultCoreTests", dependencies: ["VaultCore", "Sodium", "LMDB", "Locking", "FuzzSupport", "PostgresSupport"], swiftSettings: swiftSettings),

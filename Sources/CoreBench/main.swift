@@ -25,6 +25,7 @@
 //          [--concurrency C] [--payload BYTES] [--batch MAX] [--write-batch RECORDS]
 //          [--per-subject K] [--erase-percent P] [--retention-days D] [--samples S]
 //          [--clock running|frozen] [--dir PATH]
+import CVaultSystem
 import Foundation
 import Synchronization
 import Locking
@@ -272,16 +273,13 @@ func emitMemory(_ stage: String) {
     emit("memory.\(stage).rss_lmdb_records_map_mib", Double(lmdb["records"] ?? 0) / 1024, "%.1f")
     // glibc's per-arena totals ("system bytes" held, "in use bytes") go to stderr.
     progress("malloc_stats at \(stage):")
-    Glibc_malloc.stats?()
+    Glibc_malloc.stats()
 }
 
-/// glibc's malloc_stats and malloc_trim (malloc.h is not in Swift's Glibc module).
+/// glibc's malloc_stats and malloc_trim (malloc.h is not in Swift's Glibc module: CVaultSystem).
 enum Glibc_malloc {
-    static let stats: (@convention(c) () -> Void)? = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_stats")
-        .map { unsafeBitCast($0, to: (@convention(c) () -> Void).self) }
-    static let trimFunction: (@convention(c) (Int) -> Int32)? = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_trim")
-        .map { unsafeBitCast($0, to: (@convention(c) (Int) -> Int32).self) }
-    static func trim() { _ = trimFunction?(0) }
+    static func stats() { shredvault_malloc_stats() }
+    static func trim() { _ = shredvault_malloc_trim() }
 }
 
 func fileBytes(_ path: String) -> (apparent: Int, allocated: Int) {

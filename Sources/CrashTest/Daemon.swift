@@ -1,3 +1,4 @@
+import CVaultSystem
 import Foundation
 import VaultClient
 #if canImport(Glibc)
@@ -370,6 +371,8 @@ final class Daemon: @unchecked Sendable {
         } else {
             posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_APPEND, 0o600)
         }
+        // The daemon inherits none of the driver's other descriptors (its clients' sockets).
+        _ = shredvault_spawn_close_from(&actions, 3)
         let argv: [UnsafeMutablePointer<CChar>?] = ([program] + arguments).map { strdup($0) } + [nil]
         defer { for p in argv { free(p) } }
         var child: pid_t = 0

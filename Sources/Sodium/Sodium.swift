@@ -1,4 +1,5 @@
 import CSodium
+import CVaultSystem
 
 #if canImport(Glibc)
 import Glibc
@@ -59,7 +60,7 @@ public enum Sodium {
         var limit = rlimit(rlim_cur: 0, rlim_max: 0)
         _ = setrlimit(coreResource, &limit)
         #if os(Linux)
-        _ = LinuxPrctl.call(LinuxPrctl.setDumpable, 0)
+        _ = shredvault_set_dumpable(0)
         #endif
     }
 
@@ -68,7 +69,7 @@ public enum Sodium {
         var limit = rlimit()
         guard getrlimit(coreResource, &limit) == 0, limit.rlim_cur == 0 else { return false }
         #if os(Linux)
-        return LinuxPrctl.call(LinuxPrctl.getDumpable, 0) == 0
+        return shredvault_get_dumpable() == 0
         #else
         return true
         #endif
@@ -81,32 +82,4 @@ public enum Sodium {
     #endif
 }
 
-#if os(Linux)
-/// `prctl(2)` reached through `dlsym`.
-///
-/// Swift does not import C variadic functions, and glibc declares
-/// `int prctl(int option, ...)`. The Linux ABIs we build for (x86-64 System V,
-/// AArch64 AAPCS64) pass the integer arguments of a variadic call exactly as for a
-/// fixed-arity call (on x86-64 `%al` only bounds the vector registers the callee
-/// spills), so calling it through a five-`unsigned long` prototype — the kernel's
-/// own prototype for the syscall — is sound. The option values are the stable
-/// kernel ABI from <linux/prctl.h>, whose macros are not imported either.
-private enum LinuxPrctl {
-    typealias Function = @convention(c) (Int32, UInt, UInt, UInt, UInt) -> Int32
 
-    static let getDumpable: Int32 = 3  // PR_GET_DUMPABLE
-    static let setDumpable: Int32 = 4  // PR_SET_DUMPABLE
-
-    /// `dlsym(RTLD_DEFAULT, "prctl")`; a null handle is `RTLD_DEFAULT` in glibc and musl.
-    static let function: Function? = {
-        guard let symbol = dlsym(nil, "prctl") else { return nil }
-        return unsafeBitCast(symbol, to: Function.self)
-    }()
-
-    /// Calls `prctl(option, argument, 0, 0, 0)`; -1 when the symbol is missing.
-    static func call(_ option: Int32, _ argument: UInt) -> Int32 {
-        guard let function else { return -1 }
-        return function(option, argument, 0, 0, 0)
-    }
-}
-#endif

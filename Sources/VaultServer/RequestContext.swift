@@ -1,5 +1,6 @@
 public import Hummingbird
 public import NIOCore
+import CVaultSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -22,9 +23,10 @@ public struct VaultRequestContext: RequestContext {
     func peer() async -> (peer: Peer, process: String) {
         if let address = channel.remoteAddress, let ip = address.ipAddress { return (.remote(ip), ip) }
         guard let provider = channel as? any SocketOptionProvider else { return (.unknown, "unknown") }
-        let credentials: PeerCredentials? = try? await provider.unsafeGetSocketOption(
+        guard shredvault_so_peercred >= 0 else { return (.unknown, "unknown") }
+        let credentials: shredvault_ucred? = try? await provider.unsafeGetSocketOption(
             level: NIOBSDSocket.OptionLevel(rawValue: SOL_SOCKET),
-            name: NIOBSDSocket.Option(rawValue: PeerCredentials.option)).get()
+            name: NIOBSDSocket.Option(rawValue: shredvault_so_peercred)).get()
         guard let credentials else { return (.unknown, "unknown") }
         return (.local(uid: credentials.uid), "uid \(credentials.uid) pid \(credentials.pid)")
     }
@@ -47,11 +49,3 @@ enum Peer: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// Linux's `struct ucred` (Glibc shows it only under _GNU_SOURCE): what SO_PEERCRED returns.
-struct PeerCredentials: Sendable {
-    var pid: Int32 = 0
-    var uid: UInt32 = 0
-    var gid: UInt32 = 0
-    /// SO_PEERCRED in <asm-generic/socket.h>.
-    static let option: CInt = 17
-}

@@ -1,3 +1,4 @@
+import CVaultSystem
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -136,12 +137,7 @@ public final class PostgresCluster: @unchecked Sendable {
         if geteuid() == 0 {
             argv = ["/usr/sbin/runuser", "-u", getpwnam("postgres") != nil ? "postgres" : "nobody", "--"] + argv
         }
-        // The child first closes every descriptor it inherited but 0–2 (posix_spawn passes on all
-        // those without FD_CLOEXEC, and glibc's closefrom action is not visible to Swift): the
-        // server pg_ctl starts would otherwise hold a test's sockets open for its whole life, and
-        // a peer waiting for their EOF would wait for ever.
-        let executable = "/usr/bin/python3"
-        argv = [executable, "-c", "import os, sys; os.closerange(3, 1 << 16); os.execv(sys.argv[1], sys.argv[1:])"] + argv
+        let executable = argv[0]
         let outFile = "/tmp/svpg-run-" + UUID().uuidString
         defer { unlink(outFile) }
         var actions = posix_spawn_file_actions_t()
@@ -150,6 +146,12 @@ public final class PostgresCluster: @unchecked Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, outFile, O_WRONLY | O_CREAT | O_TRUNC, 0o666)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // The child keeps none of this process's other descriptors (posix_spawn passes on all
+        // those without FD_CLOEXEC): the server pg_ctl starts would otherwise hold a test's
+        // sockets open for its whole life, and a peer waiting for their EOF would wait for ever.
+        guard shredvault_spawn_close_from(&actions, 3) == 0 else {
+            throw ClusterError("posix_spawn cannot close inherited descriptors here (glibc 2.34 or later needed)")
+        }
         let cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
         defer { for p in cArgs { free(p) } }
         var pid: pid_t = 0

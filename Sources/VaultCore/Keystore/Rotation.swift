@@ -1,3 +1,4 @@
+import CVaultSystem
 import LMDB
 #if canImport(Glibc)
 import Glibc
@@ -308,15 +309,10 @@ final class Rotation: @unchecked Sendable {
         Self.returnFreedMemory()
     }
 
-    /// glibc's `malloc_trim(0)`, looked up at run time (malloc.h does not import into Swift);
-    /// a no-op where it does not exist.
+    /// glibc's `malloc_trim(0)` (through CVaultSystem: malloc.h does not import into Swift); a no-op
+    /// off Linux.
     static func returnFreedMemory() {
-        #if canImport(Glibc)
-        typealias Trim = @convention(c) (Int) -> Int32
-        if let symbol = dlsym(nil, "malloc_trim") {
-            _ = unsafeBitCast(symbol, to: Trim.self)(0)
-        }
-        #endif
+        _ = shredvault_malloc_trim()
     }
 }
 
