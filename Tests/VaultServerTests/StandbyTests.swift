@@ -270,4 +270,48 @@ import Glibc
         try await b.waitUntilServing(role: nil)
         #expect(try await b.client(tokens.agent).send("GET", "/v1/records/\(kept)").status == 200)
     }
+
+    /// PostgreSQL goes down under both: the writer answers 503 (nothing acknowledged), the
+    /// standby reports the error and keeps its data; once PostgreSQL is back the writer (still
+    /// the lease's holder, as no one else took it) takes writes again and the standby catches up.
+    @Test func aStandbyRidesOutPostgreSQLGoingDown() async throws {
+        let pg = try PostgresCluster()
+        let (a, tokens) = try await Self.primary(pg)
+        let agent = a.client(tokens.agent)
+        let before = try #require(try await Self.write(agent, "before", 1))
+        let b = try await Self.standby(of: a, pg)
+        try await Self.waitUntilLevel(a, b, tokens)
+
+        try pg.stop()
+        let refused = try await agent.send("POST", "/v1/records",
+                                           body: json(["subject": "down", "category": "personal", "channel": "web", "data": ["n": 2]]))
+        #expect(refused.status == 503)
+        var reported: String?
+        for _ in 0..<100 where reported == nil {
+            reported = try await b.client(tokens.op).send("GET", "/v1/admin/journal").object()["error"] as? String
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(reported != nil, "the standby did not report the unreachable journal")
+
+        try pg.start()
+        var after: String?
+        for _ in 0..<50 where after == nil {
+            after = try await Self.write(agent, "after", 3)
+            if after == nil { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        let written = try #require(after, "the writer did not take writes again")
+        try await Self.waitUntilLevel(a, b, tokens)
+        let level = try await b.client(tokens.op).send("GET", "/v1/admin/journal").object()
+        #expect(level["error"] as? String == nil)
+
+        // Promoted now, it has both acknowledged writes and not the refused one.
+        a.kill(SIGKILL)
+        _ = try await Self.promote(b, tokens)
+        try await b.waitUntilServing(role: nil)
+        let reader = b.client(tokens.agent)
+        #expect(try await reader.send("GET", "/v1/records/\(before)").status == 200)
+        #expect(try await reader.send("GET", "/v1/records/\(written)").status == 200)
+        let down = try await b.client(tokens.admin).send("POST", "/v1/subjects/records", body: json(["subject": "down"]))
+        #expect((try down.object()["records"] as? [Any])?.isEmpty == true, "the refused write exists")
+    }
 }
