@@ -28,6 +28,8 @@ public struct StandbyServer: Sendable {
                     shutdown: ShutdownTrigger? = nil,
                     onRunning: @escaping @Sendable () async -> Void = {}) async throws -> Promotion? {
         let promoted = Locked<Promotion?>(nil)
+        // One promotion at a time: a second request while one runs (or after it) is refused.
+        let promoting = Locked(false)
         let group = Locked<ServiceGroup?>(nil)
         let router = Router(context: VaultRequestContext.self)
         router.add(middleware: StandbyMiddleware())
@@ -61,14 +63,22 @@ public struct StandbyServer: Sendable {
         }
         router.post("/v1/admin/promote") { request, context -> Response in
             try Self.requireOperator(request, standby)
-            guard promoted.withLock({ $0 }) == nil else { throw Problem(.conflict, "this standby is being promoted") }
+            let already = promoting.withLock { busy -> Bool in
+                defer { busy = true }
+                return busy
+            }
+            guard !already else { throw Problem(.conflict, "this standby is being promoted") }
             let promotion: Promotion
             do {
                 promotion = try await onThread { try standby.promote() }
             } catch let held as Standby.LeaseHeld {
+                promoting.withLock { $0 = false }
                 var p = Problem(.conflict, "\(held)")
                 p.extraHeaders[.retryAfter] = "\(max(1, held.seconds))"
                 throw p
+            } catch {
+                promoting.withLock { $0 = false }
+                throw error
             }
             promoted.withLock { $0 = promotion }
             context.logger.notice("promoted: this vault is the journal's writer now", metadata: ["term": "\(promotion.term)"])

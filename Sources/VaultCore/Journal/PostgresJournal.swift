@@ -300,6 +300,18 @@ final class PostgresJournal: JournalBackend, @unchecked Sendable {
         }
     }
 
+    /// Hands the lease back (a promotion that could not finish): another node may take it at
+    /// once, and this handle writes nothing until it takes it again.
+    func releaseLease() {
+        try? run("handing back the journal's lease") { c, s in
+            defer { s.term = nil; s.lockWanted = false }
+            guard let term = s.term, s.deposed == nil else { return }
+            _ = try c.query("""
+                UPDATE shredvault_lease SET expires_at = now() WHERE term = \(term) AND holder = \(holder)
+                """, logger: logger).wait()
+        }
+    }
+
     /// The term this node writes under; nil before it holds the lease.
     var term: UInt64? { state.withLock { $0.term.map { UInt64($0) } } }
 

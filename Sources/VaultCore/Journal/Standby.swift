@@ -207,6 +207,11 @@ public final class Standby: @unchecked Sendable {
                 if status.head > s.applied, s.behindSince == nil { s.behindSince = .now }
                 return s.applied
             }
+            guard status.head >= applied else {
+                throw VaultError.journal("the journal ends at change set \(status.head) and this standby has applied "
+                                         + "\(applied): change sets were removed from its end (an older copy of the "
+                                         + "database?); this standby does not follow it")
+            }
             guard status.head > applied else {
                 state.withLock { $0.behindSince = nil; $0.error = nil }
                 return true
@@ -297,9 +302,12 @@ public final class Standby: @unchecked Sendable {
         }
         // No other node appends now: what the journal holds is all there is.
         guard catchUp() else {
+            // Not promoted after all: the lease goes back and the standby follows again.
             let why = state.withLock { $0.error } ?? "unknown"
-            backend.close(releasingLease: true)
-            throw VaultError.journal("promoted but could not catch up with the journal (\(why)); the lease is handed back")
+            backend.releaseLease()
+            start()
+            throw VaultError.journal("could not catch up with the journal after taking its lease (\(why)); the lease is "
+                                     + "handed back and this vault is still a standby")
         }
         let term = backend.term ?? 0
         try? backend.forgetStandby(name: name)
