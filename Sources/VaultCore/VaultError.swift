@@ -1,3 +1,8 @@
+import LMDB
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// What callers of the vault switch on. Messages may name record ids, tenants and key
 /// versions, never plaintext, key bytes, subjects or tokens.
 public enum VaultError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -48,5 +53,44 @@ public enum VaultError: Error, Equatable, Sendable, CustomStringConvertible {
         case .journal(let m): "journal: \(m)"
         case .io(let m): "I/O error: \(m)"
         }
+    }
+}
+
+extension VaultError {
+    /// Maps any error from below into what callers switch on; LMDB's map-full and a full
+    /// disk become `.storageFull` so the daemon can answer 503 with nothing half-written.
+    static func mapping(_ error: any Error) -> VaultError {
+        switch error {
+        case let e as VaultError: return e
+        case let e as AuditedRefusal: return e.error
+        case let e as NothingWritten: return e.error
+        case let e as LMDBError where e.isMapFull: return .storageFull
+        // The file system is full (or the quota or file size limit is reached): LMDB's
+        // page write failed and the transaction was aborted, nothing was written.
+        case let e as LMDBError where e.code == ENOSPC || e.code == EDQUOT || e.code == EFBIG: return .storageFull
+        case let e as LMDBError: return .io("LMDB: \(e)")
+        default: return .io("\(error)")
+        }
+    }
+}
+
+extension VaultError {
+    /// `mapping`, for a failed commit: LMDB reports a short page write as EIO, and a write
+    /// that runs out of disk is often short, so an EIO on a file system with (almost) no
+    /// space left is a full disk (503, nothing written), not a broken one.
+    static func mapping(_ error: any Error, writingTo paths: [String]) -> VaultError {
+        if let e = error as? LMDBError, e.code == EIO, paths.contains(where: { freeBytes(at: $0).map { $0 < 16 << 20 } ?? false }) {
+            return .storageFull
+        }
+        return mapping(error)
+    }
+
+    /// Bytes the daemon may still write on the file system holding `path` (root may use the
+    /// reserved blocks too).
+    static func freeBytes(at path: String) -> Int? {
+        var fs = statvfs()
+        guard statvfs(path, &fs) == 0 else { return nil }
+        let blocks = geteuid() == 0 ? fs.f_bfree : fs.f_bavail
+        return Int(clamping: UInt64(blocks) &* UInt64(fs.f_frsize))
     }
 }

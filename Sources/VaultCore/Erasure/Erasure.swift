@@ -55,9 +55,4 @@ extension Vault {
                                   auditSeq: appended.tenantSeq ?? 0, auditHash: appended.head.hash.hex)
         }
     }
-
-    /// Recomputes the audit chain; names the first broken entry.
-    public func verifyAudit() async throws -> AuditVerification {
-        try await perform { ks, _, _ in try AuditLog.verify(in: ks, dbs: self.writer.stores.ks) }
-    }
 }

@@ -31,49 +31,6 @@ struct NothingWritten: Error {
     let error: VaultError
 }
 
-/// The two environments. Only the writer thread touches them after start-up; a
-/// compaction swaps `keystore` for its compacted copy.
-final class Stores: @unchecked Sendable {
-    // unchecked: confined to the writer thread once the vault is open (see GroupCommitWriter).
-    private(set) var keystore: Environment
-    let records: Environment
-    private(set) var ks: KeystoreDatabases
-    let rec: Database
-    /// The journal every write goes through (`write(carrying:_:)`); nil: none.
-    var journal: JournalWriter?
-
-    init(keystore: Environment, records: Environment) {
-        self.keystore = keystore
-        self.records = records
-        self.ks = KeystoreDatabases(keystore)
-        self.rec = records.database(Layout.ciphertexts)
-    }
-
-    /// Adopts a reopened keystore (after a compaction swap).
-    func replaceKeystore(_ env: Environment) {
-        keystore = env
-        ks = KeystoreDatabases(env)
-        journal?.keystoreReplaced(env)
-    }
-}
-
-/// Handles of the keystore's named databases (their dbi numbers survive a compaction copy,
-/// which preserves the main database's layout, but they are re-read on swap regardless).
-struct KeystoreDatabases {
-    let meta, tenants, policies, extensions, holds, heldTargets, buckets, deadBuckets: Database
-    let records, subjects, byBucket, audit, auditByTenant, tokens: Database
-
-    init(_ env: Environment) {
-        meta = env.database(Layout.meta); tenants = env.database(Layout.tenants)
-        policies = env.database(Layout.policies); extensions = env.database(Layout.extensions)
-        holds = env.database(Layout.holds); heldTargets = env.database(Layout.heldTargets)
-        buckets = env.database(Layout.buckets); deadBuckets = env.database(Layout.deadBuckets)
-        records = env.database(Layout.records); subjects = env.database(Layout.subjects)
-        byBucket = env.database(Layout.byBucket); audit = env.database(Layout.audit)
-        auditByTenant = env.database(Layout.auditByTenant); tokens = env.database(Layout.tokens)
-    }
-}
-
 /// The single writer of docs/architecture.md's group commit: its own thread (never the cooperative
 /// pool, whose two threads must not block on fsync) takes up to `maxBatch` queued
 /// operations, runs each in child transactions of one keystore and one record-store write
@@ -356,44 +313,5 @@ private func resume<T: Sendable>(_ continuation: CheckedContinuation<T, any Erro
         continuation.resume(returning: result)
     } else {
         continuation.resume(throwing: VaultError.io("operation produced no result"))
-    }
-}
-
-extension VaultError {
-    /// Maps any error from below into what callers switch on; LMDB's map-full and a full
-    /// disk become `.storageFull` so the daemon can answer 503 with nothing half-written.
-    static func mapping(_ error: any Error) -> VaultError {
-        switch error {
-        case let e as VaultError: return e
-        case let e as AuditedRefusal: return e.error
-        case let e as NothingWritten: return e.error
-        case let e as LMDBError where e.isMapFull: return .storageFull
-        // The file system is full (or the quota or file size limit is reached): LMDB's
-        // page write failed and the transaction was aborted, nothing was written.
-        case let e as LMDBError where e.code == ENOSPC || e.code == EDQUOT || e.code == EFBIG: return .storageFull
-        case let e as LMDBError: return .io("LMDB: \(e)")
-        default: return .io("\(error)")
-        }
-    }
-}
-
-extension VaultError {
-    /// `mapping`, for a failed commit: LMDB reports a short page write as EIO, and a write
-    /// that runs out of disk is often short, so an EIO on a file system with (almost) no
-    /// space left is a full disk (503, nothing written), not a broken one.
-    static func mapping(_ error: any Error, writingTo paths: [String]) -> VaultError {
-        if let e = error as? LMDBError, e.code == EIO, paths.contains(where: { freeBytes(at: $0).map { $0 < 16 << 20 } ?? false }) {
-            return .storageFull
-        }
-        return mapping(error)
-    }
-
-    /// Bytes the daemon may still write on the file system holding `path` (root may use the
-    /// reserved blocks too).
-    static func freeBytes(at path: String) -> Int? {
-        var fs = statvfs()
-        guard statvfs(path, &fs) == 0 else { return nil }
-        let blocks = geteuid() == 0 ? fs.f_bfree : fs.f_bavail
-        return Int(clamping: UInt64(blocks) &* UInt64(fs.f_frsize))
     }
 }
