@@ -52,6 +52,14 @@ import Glibc
             VaultHTTPClient(endpoint: .unixSocket(path: socket), token: token, timeout: timeout)
         }
 
+        /// Whether any of this node's daemon logs contains `text`.
+        func logsContain(_ text: String) -> Bool {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+            return names.filter { $0.hasPrefix("serve-") }.contains { name in
+                ((try? String(contentsOfFile: dir + "/" + name, encoding: .utf8)) ?? "").contains(text)
+            }
+        }
+
         func kill(_ signal: Int32) { if let p = daemon, p.isRunning { Glibc.kill(p.processIdentifier, signal) } }
 
         func stop() {
@@ -313,5 +321,40 @@ import Glibc
         #expect(try await reader.send("GET", "/v1/records/\(written)").status == 200)
         let down = try await b.client(tokens.admin).send("POST", "/v1/subjects/records", body: json(["subject": "down"]))
         #expect((try down.object()["records"] as? [Any])?.isEmpty == true, "the refused write exists")
+    }
+
+    /// A standby away while a snapshot truncates what it lacks (the writer keeps change sets only
+    /// for standbys seen within the hour) starts again from that snapshot when it restarts, and
+    /// follows and promotes as before.
+    @Test func aStandbyBehindATruncationStartsAgainFromTheSnapshot() async throws {
+        let pg = try PostgresCluster()
+        let (a, tokens) = try await Self.primary(pg)
+        let agent = a.client(tokens.agent)
+        let first = try #require(try await Self.write(agent, "first", 1))
+        let b = try await Self.standby(of: a, pg)
+        try await Self.waitUntilLevel(a, b, tokens)
+        b.stop()
+
+        // As if it had been away for more than an hour: the writer no longer keeps anything for it.
+        try pg.sql("DELETE FROM shredvault_standbys")
+        var later: [(String, Int)] = []
+        for n in 0..<10 { if let id = try await Self.write(agent, "later", n) { later.append((id, n)) } }
+        #expect(try await a.client(tokens.op).send("POST", "/v1/admin/snapshot").status == 200)
+        #expect(try pg.sql("SELECT min(seq) FROM shredvault_change_sets") != "1", "the snapshot truncated nothing")
+
+        try b.serve(["--journal", pg.url, "--journal-lease", "PT2S", "--standby"])
+        try await b.waitUntilServing(role: "standby")
+        #expect(b.logsContain("starting again from snapshot"), "the standby did not start again from the snapshot")
+        try await Self.waitUntilLevel(a, b, tokens)
+        a.kill(SIGKILL)
+        _ = try await Self.promote(b, tokens)
+        try await b.waitUntilServing(role: nil)
+        let reader = b.client(tokens.agent)
+        #expect(try await reader.send("GET", "/v1/records/\(first)").status == 200)
+        for (id, n) in later {
+            let r = try await reader.send("GET", "/v1/records/\(id)")
+            #expect(r.status == 200)
+            if r.status == 200 { #expect((try r.object()["data"] as? [String: Any])?["n"] as? Int == n) }
+        }
     }
 }

@@ -85,43 +85,75 @@ public final class Standby: @unchecked Sendable {
                 throw VaultError.dataDirectory("\(dataDirectory) is world-writable; run chmod o-w \(dataDirectory)")
             }
             let lock = try DirectoryLock(directory: dataDirectory)
-            let keystore = try Environment(path: dataDirectory + "/keystore",
-                                           options: Vault.environmentOptions(mapSize: configuration.keystoreMapSize),
-                                           databases: Layout.keystoreDatabases)
-            let records: Environment
+            var stores = try openStores(dataDirectory, configuration)
             do {
-                records = try Environment(path: dataDirectory + "/records",
-                                          options: Vault.environmentOptions(mapSize: configuration.recordsMapSize),
-                                          databases: Layout.recordsDatabases)
-            } catch {
-                keystore.close()
-                throw VaultError.mapping(error)
-            }
-            let stores = Stores(keystore: keystore, records: records)
-            do {
-                let local = try keystore.read { txn -> ([UInt8]?, (sequence: UInt64, epoch: UInt64)?) in
-                    (try txn.value(forKey: Vault.metaVaultID, in: stores.ks.meta), try Vault.journalRow(in: txn, meta: stores.ks.meta))
-                }
-                guard local.0 == vaultID else {
+                var local = try localPosition(stores)
+                guard local.vaultID == vaultID else {
                     throw VaultError.journal("\(dataDirectory) is not a copy of the vault whose journal \(settings.location) is")
                 }
-                let (_, generation) = try Vault.matchingMasterKey(stores, file: file)
+                var (master, generation) = try Vault.matchingMasterKey(stores, file: file)
+                // Away long enough for a snapshot to truncate what it lacks (the writer keeps change
+                // sets for standbys seen within the hour): start again from the latest snapshot when
+                // it is of this standby's generation.
+                let status = try backend.status()
+                if status.head > local.applied, status.first > local.applied + 1 {
+                    guard let snapshot = try backend.snapshots().last, snapshot.epoch == generation else {
+                        throw VaultError.journal("the journal no longer holds change sets \(local.applied + 1) to "
+                                                 + "\(status.first - 1) this standby lacks, and its latest snapshot is of "
+                                                 + "another master key generation: start the standby on an empty data "
+                                                 + "directory with a copy of the writer's current key file")
+                    }
+                    settings.progress?("the journal no longer holds what this standby lacks: starting again from "
+                                       + "snapshot \(hex16(snapshot.epoch))-\(hex16(snapshot.sequence))")
+                    stores.keystore.close()
+                    stores.records.close()
+                    try Posix.shredTree(dataDirectory + "/keystore")
+                    try Posix.shredTree(dataDirectory + "/records")
+                    try Snapshot.restore(snapshot, from: backend, vaultID: vaultID, master: master, into: dataDirectory)
+                    stores = try openStores(dataDirectory, configuration)
+                    local = try localPosition(stores)
+                    (master, generation) = try Vault.matchingMasterKey(stores, file: file)
+                }
+                _ = master
                 let standby = Standby(dataDirectory: dataDirectory, name: name ?? Standby.defaultName(dataDirectory),
                                       settings: settings, file: file, lock: lock, stores: stores,
-                                      backend: backend, vaultID: vaultID, applied: local.1?.sequence ?? 0, epoch: generation,
+                                      backend: backend, vaultID: vaultID, applied: local.applied, epoch: generation,
                                       pollInterval: Double(pollInterval.components.seconds)
                                           + Double(pollInterval.components.attoseconds) / 1e18)
                 try standby.reloadTokens()
                 return standby
             } catch {
-                keystore.close()
-                records.close()
+                stores.keystore.close()
+                stores.records.close()
                 lock.release()
                 throw error
             }
         } catch {
             backend.close(releasingLease: false)
             throw error
+        }
+    }
+
+    private static func openStores(_ dataDirectory: String, _ configuration: VaultConfiguration) throws -> Stores {
+        let keystore = try Environment(path: dataDirectory + "/keystore",
+                                       options: Vault.environmentOptions(mapSize: configuration.keystoreMapSize),
+                                       databases: Layout.keystoreDatabases)
+        do {
+            let records = try Environment(path: dataDirectory + "/records",
+                                          options: Vault.environmentOptions(mapSize: configuration.recordsMapSize),
+                                          databases: Layout.recordsDatabases)
+            return Stores(keystore: keystore, records: records)
+        } catch {
+            keystore.close()
+            throw VaultError.mapping(error)
+        }
+    }
+
+    /// The vault id and the last change set applied, as the keystore records them.
+    private static func localPosition(_ stores: Stores) throws -> (vaultID: [UInt8]?, applied: UInt64) {
+        try stores.keystore.read { txn in
+            (try txn.value(forKey: Vault.metaVaultID, in: stores.ks.meta),
+             try Vault.journalRow(in: txn, meta: stores.ks.meta)?.sequence ?? 0)
         }
     }
 
@@ -218,8 +250,8 @@ public final class Standby: @unchecked Sendable {
             }
             guard status.first <= applied + 1 else {
                 throw VaultError.journal("the journal no longer holds change sets \(applied + 1) to \(status.first - 1) "
-                                         + "(a snapshot covered them while this standby was behind): start the standby "
-                                         + "again on an empty data directory")
+                                         + "(a snapshot covered them while this standby was behind): restart the standby, "
+                                         + "which starts again from the latest snapshot")
             }
             try Vault.replay(backend, after: applied, to: status.head, vaultID: vaultID, stores: stores, file: file,
                              progress: nil)
