@@ -78,8 +78,9 @@ public final class Standby: @unchecked Sendable {
                 throw VaultError.journal("\(settings.location) holds no journal yet: start the primary first")
             }
             let file = MasterKeyFile(path: masterKeyFile)
+            let name = name ?? Standby.defaultName(dataDirectory)
             if !Posix.exists(dataDirectory + "/keystore/data.mdb") {
-                try initialise(dataDirectory, from: backend, vaultID: vaultID, file: file, progress: settings.progress)
+                try initialise(dataDirectory, from: backend, vaultID: vaultID, file: file, name: name, progress: settings.progress)
             }
             guard let mode = Posix.mode(dataDirectory), mode & 0o002 == 0 else {
                 throw VaultError.dataDirectory("\(dataDirectory) is world-writable; run chmod o-w \(dataDirectory)")
@@ -105,6 +106,7 @@ public final class Standby: @unchecked Sendable {
                     }
                     settings.progress?("the journal no longer holds what this standby lacks: starting again from "
                                        + "snapshot \(hex16(snapshot.epoch))-\(hex16(snapshot.sequence))")
+                    try backend.reportStandby(name: name, applied: snapshot.sequence, epoch: snapshot.epoch, lagMilliseconds: 0)
                     stores.keystore.close()
                     stores.records.close()
                     try Posix.shredTree(dataDirectory + "/keystore")
@@ -115,7 +117,11 @@ public final class Standby: @unchecked Sendable {
                     (master, generation) = try Vault.matchingMasterKey(stores, file: file)
                 }
                 _ = master
-                let standby = Standby(dataDirectory: dataDirectory, name: name ?? Standby.defaultName(dataDirectory),
+                // Registered before it follows: from now on the writer keeps every change set after
+                // this position (a first catch-up of a busy journal takes a while, and a rotation's
+                // snapshot meanwhile must not truncate what it has not applied yet).
+                try backend.reportStandby(name: name, applied: local.applied, epoch: generation, lagMilliseconds: 0)
+                let standby = Standby(dataDirectory: dataDirectory, name: name,
                                       settings: settings, file: file, lock: lock, stores: stores,
                                       backend: backend, vaultID: vaultID, applied: local.applied, epoch: generation,
                                       pollInterval: Double(pollInterval.components.seconds)
@@ -179,8 +185,8 @@ public final class Standby: @unchecked Sendable {
     }
 
     /// A new standby's data directory: the journal's latest snapshot, written by `Snapshot.restore`.
-    private static func initialise(_ dataDirectory: String, from backend: any JournalBackend, vaultID: [UInt8],
-                                   file: MasterKeyFile, progress: (@Sendable (String) -> Void)?) throws {
+    private static func initialise(_ dataDirectory: String, from backend: PostgresJournal, vaultID: [UInt8],
+                                   file: MasterKeyFile, name: String, progress: (@Sendable (String) -> Void)?) throws {
         guard let snapshot = try backend.snapshots().last else {
             throw VaultError.journal("the journal holds no snapshot to start a standby from")
         }
@@ -198,6 +204,8 @@ public final class Standby: @unchecked Sendable {
             try Posix.makeDirectory(dataDirectory)
         }
         progress?("starting the standby from snapshot \(hex16(snapshot.epoch))-\(hex16(snapshot.sequence))")
+        // Registered at the snapshot's position first: the writer keeps what follows it.
+        try backend.reportStandby(name: name, applied: snapshot.sequence, epoch: snapshot.epoch, lagMilliseconds: 0)
         do {
             try Snapshot.restore(snapshot, from: backend, vaultID: vaultID, master: Key(try loaded.key.copy()), into: dataDirectory)
         } catch {
