@@ -51,6 +51,7 @@ final class PostgresJournal: JournalBackend, @unchecked Sendable {
         var term: Int64?
         /// Set once another node took the lease: nothing is written any more.
         var deposed: String?
+        var standbyTableReady = false
     }
     private let state = Locked(State())
 
@@ -302,10 +303,15 @@ final class PostgresJournal: JournalBackend, @unchecked Sendable {
 
     /// Hands the lease back (a promotion that could not finish): another node may take it at
     /// once, and this handle writes nothing until it takes it again.
-    func releaseLease() {
-        try? run("handing back the journal's lease") { c, s in
+    func releaseLease() throws {
+        // This handle stops being the writer first, even if PostgreSQL cannot be told (the lease
+        // then lapses by itself), so nothing renews it or writes under it meanwhile.
+        let held = state.withLock { s -> Int64? in
             defer { s.term = nil; s.lockWanted = false }
-            guard let term = s.term, s.deposed == nil else { return }
+            return s.deposed == nil ? s.term : nil
+        }
+        guard let term = held else { return }
+        try run("handing back the journal's lease") { c, _ in
             _ = try c.query("""
                 UPDATE shredvault_lease SET expires_at = now() WHERE term = \(term) AND holder = \(holder)
                 """, logger: logger).wait()
@@ -586,7 +592,7 @@ final class PostgresJournal: JournalBackend, @unchecked Sendable {
             var keep = min(Int64(sequence), Int64(s.last ?? sequence) - 1)
             // Nor what a standby seen within the hour has not applied yet: it needs every change
             // set (a rotation's carries the next generation, which a snapshot cannot give it).
-            try Self.createStandbyTable(c, logger)
+            try ensureStandbyTable(c, &s)
             let rows = try c.query("""
                 SELECT min(applied)::int8 FROM shredvault_standbys WHERE seen_at > now() - interval '1 hour'
                 """, logger: logger).wait().rows
@@ -596,18 +602,21 @@ final class PostgresJournal: JournalBackend, @unchecked Sendable {
         }
     }
 
-    static func createStandbyTable(_ c: PostgresConnection, _ logger: Logger) throws {
+    /// Creates the standbys' table once per handle (journals made before standbys lack it).
+    private func ensureStandbyTable(_ c: PostgresConnection, _ s: inout State) throws {
+        guard !s.standbyTableReady else { return }
         _ = try c.query("""
             CREATE TABLE IF NOT EXISTS shredvault_standbys (
                 name text PRIMARY KEY, applied int8 NOT NULL, epoch int8 NOT NULL, lag_ms int8 NOT NULL,
                 seen_at timestamptz NOT NULL)
             """, logger: logger).wait()
+        s.standbyTableReady = true
     }
 
     /// A standby says how far it has applied (the writer keeps what it has not, for an hour).
     func reportStandby(name: String, applied: UInt64, epoch: UInt64, lagMilliseconds: Int) throws {
-        try run("reporting the standby's position") { c, _ in
-            try Self.createStandbyTable(c, logger)
+        try run("reporting the standby's position") { c, s in
+            try ensureStandbyTable(c, &s)
             _ = try c.query("""
                 INSERT INTO shredvault_standbys (name, applied, epoch, lag_ms, seen_at)
                 VALUES (\(name), \(Int64(applied)), \(Int64(epoch)), \(Int64(lagMilliseconds)), now())
@@ -619,16 +628,16 @@ final class PostgresJournal: JournalBackend, @unchecked Sendable {
 
     /// A standby stops following (promoted): the writer no longer keeps change sets for it.
     func forgetStandby(name: String) throws {
-        try run("removing the standby's position") { c, _ in
-            try Self.createStandbyTable(c, logger)
+        try run("removing the standby's position") { c, s in
+            try ensureStandbyTable(c, &s)
             _ = try c.query("DELETE FROM shredvault_standbys WHERE name = \(name)", logger: logger).wait()
         }
     }
 
     /// The standbys that reported within the hour: name, change set applied, lag, seconds since.
     func standbys() throws -> [StandbyReport] {
-        try run("listing standbys") { c, _ in
-            try Self.createStandbyTable(c, logger)
+        try run("listing standbys") { c, s in
+            try ensureStandbyTable(c, &s)
             let rows = try c.query("""
                 SELECT name, applied, lag_ms, extract(epoch FROM now() - seen_at)::float8 FROM shredvault_standbys
                 WHERE seen_at > now() - interval '1 hour' ORDER BY name

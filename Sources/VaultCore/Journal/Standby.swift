@@ -209,7 +209,13 @@ public final class Standby: @unchecked Sendable {
         do {
             try Snapshot.restore(snapshot, from: backend, vaultID: vaultID, master: Key(try loaded.key.copy()), into: dataDirectory)
         } catch {
-            for name in (try? Files.names(in: dataDirectory)) ?? [] { try? Posix.shredTree(dataDirectory + "/" + name) }
+            // What the snapshot wrote so far holds wrapped keys: shredded, or named when it cannot be.
+            do {
+                for name in try Files.names(in: dataDirectory) { try Posix.shredTree(dataDirectory + "/" + name) }
+            } catch let cleanup {
+                throw VaultError.journal("\(error); and what it wrote in \(dataDirectory) could not be removed "
+                                         + "(\(cleanup)): shred it before starting the standby again")
+            }
             throw error
         }
     }
@@ -273,11 +279,19 @@ public final class Standby: @unchecked Sendable {
             }
             return true
         } catch {
-            // What replay applied before the failure is committed: start again from there.
-            let applied = (try? stores.keystore.read { try Vault.journalRow(in: $0, meta: stores.ks.meta) })??.sequence
-            state.withLock { s in
-                if let applied { s.applied = applied }
-                s.error = "\(error)"
+            // What replay applied before the failure is committed: start again from there. If even
+            // that cannot be read, the standby stops following rather than guess its position.
+            do {
+                let applied = try stores.keystore.read { try Vault.journalRow(in: $0, meta: stores.ks.meta) }?.sequence
+                state.withLock { s in
+                    if let applied { s.applied = applied }
+                    s.error = "\(error)"
+                }
+            } catch let position {
+                state.withLock { s in
+                    s.error = "\(error); and the position applied cannot be read (\(position)): restart the standby"
+                    s.stopping = true
+                }
             }
             return false
         }
@@ -344,13 +358,19 @@ public final class Standby: @unchecked Sendable {
         guard catchUp() else {
             // Not promoted after all: the lease goes back and the standby follows again.
             let why = state.withLock { $0.error } ?? "unknown"
-            backend.releaseLease()
+            var handedBack = "the lease is handed back"
+            do { try backend.releaseLease() } catch {
+                handedBack = "handing the lease back failed (\(error)): it lapses in \(backend.leaseSeconds) s"
+            }
             start()
-            throw VaultError.journal("could not catch up with the journal after taking its lease (\(why)); the lease is "
-                                     + "handed back and this vault is still a standby")
+            throw VaultError.journal("could not catch up with the journal after taking its lease (\(why)); "
+                                     + "\(handedBack), and this vault is still a standby")
         }
         let term = backend.term ?? 0
-        try? backend.forgetStandby(name: name)
+        do { try backend.forgetStandby(name: name) } catch {
+            // Harmless but said: the writer keeps change sets for this name until it ages out (an hour).
+            settings.progress?("promoted, but its standby position could not be removed from the journal (\(error))")
+        }
         var settings = self.settings
         settings.leaseHolder = backend.holder
         state.withLock { $0.promoted = true }
