@@ -112,7 +112,7 @@ final class Daemon: @unchecked Sendable {
     }
 
     /// Starts a standby on a new machine (directory) unless one runs: an empty data directory
-    /// and a copy of the writer's current key file, following the PostgreSQL journal.
+    /// and copies of the writer's current key file and audit key, following the PostgreSQL journal.
     func startStandby() throws {
         guard let journalURL, standbyPID == 0 else { return }
         machines += 1
@@ -122,6 +122,11 @@ final class Daemon: @unchecked Sendable {
         guard let key = FileManager.default.contents(atPath: keyFile),
               FileManager.default.createFile(atPath: machine + "/keys/master.key", contents: key, attributes: [.posixPermissions: 0o600]) else {
             throw DaemonError("cannot copy the key file to the standby")
+        }
+        guard let auditKey = FileManager.default.contents(atPath: directory + "/keys/audit.key"),
+              FileManager.default.createFile(atPath: machine + "/keys/audit.key", contents: auditKey,
+                                             attributes: [.posixPermissions: 0o600]) else {
+            throw DaemonError("cannot copy the audit key to the standby")
         }
         let log = machine + "/standby.log"
         logs.append(log)

@@ -43,6 +43,13 @@ public struct VaultConfiguration: Sendable {
     public var journal: JournalSettings? = nil
     /// Open a vault that wrote a journal without one: its journal falls behind from here on.
     public var detachJournal = false
+    /// The audit signing key file (nil: `audit.key` beside the master key file).
+    public var auditKeyFile: String? = nil
+    /// Sign heads with a new audit key when the file is missing or holds another key (a restore
+    /// on a new machine, a lost file): listed after the earlier keys, from now on.
+    public var newAuditKey = false
+    /// Told what a start does that takes time or changes a key (for the log).
+    public var progress: (@Sendable (String) -> Void)? = nil
     /// Called after each group commit with the operations it carried and the seconds its two
     /// commits (and their fsyncs) took: for metrics.
     public var commitObserver: (@Sendable (_ operations: Int, _ seconds: Double) -> Void)? = nil
@@ -100,6 +107,8 @@ public final class Vault: Sendable {
     /// Token rows refused at open (undecodable or failing their MAC), each an integrity error
     /// naming the token: those tokens answer 401 until revoked and reissued. For the log.
     public let tokenRowFailures: [VaultError]
+    /// The audit signing key and the heads signed last.
+    let auditHeads: AuditHeads
 
     /// How the keystore and the record store are opened. Read-ahead is off (`MDB_NORDAHEAD`):
     /// the vault reads at random (record ids, subject tags), so a window read around each page
@@ -111,13 +120,14 @@ public final class Vault: Sendable {
     }
 
     private init(writer: GroupCommitWriter, tokens: TokenTable, lock: DirectoryLock, dataDirectory: String,
-                 configuration: VaultConfiguration, tokenRowFailures: [VaultError]) {
+                 configuration: VaultConfiguration, tokenRowFailures: [VaultError], auditHeads: AuditHeads) {
         self.writer = writer
         self.tokens = tokens
         self.lock = lock
         self.dataDirectory = dataDirectory
         self.configuration = configuration
         self.tokenRowFailures = tokenRowFailures
+        self.auditHeads = auditHeads
     }
 
     static let metaFormatKey = Array("format".utf8)
@@ -244,6 +254,12 @@ public final class Vault: Sendable {
                 let info = try Snapshot.begin(stores, journal: journal, master: key).stream(to: journal.backend)
                 try pruneJournal(journal.backend, keeping: info)
             }
+            // Entries written before the transparency logs get their leaves (once), then the key
+            // that signs the logs' heads is checked.
+            try AuditTree.buildMissing(stores, progress: configuration.progress)
+            let auditKey = AuditKeyFile(path: configuration.auditKeyFile ?? AuditKeyFile(besideMasterKey: masterKeyFile).path)
+            let signer = try AuditKeys.settle(stores, file: auditKey, newKey: configuration.newAuditKey || initialise,
+                                              now: configuration.clock.now(), progress: configuration.progress)
             let tokens = TokenTable()
             let tokenFailures = try loadTokens(stores, master: key, generation: generation, into: tokens)
             let head = try keystore.read { try AuditLog.head(in: $0, dbs: stores.ks) }
@@ -252,7 +268,7 @@ public final class Vault: Sendable {
             let writer = GroupCommitWriter(stores: stores, state: state, maxBatch: configuration.maxBatch)
             writer.start()
             return Vault(writer: writer, tokens: tokens, lock: lock, dataDirectory: dataDirectory, configuration: configuration,
-                         tokenRowFailures: tokenFailures)
+                         tokenRowFailures: tokenFailures, auditHeads: AuditHeads(signer: signer))
         } catch {
             stores.journal?.close()
             keystore.close()

@@ -28,6 +28,8 @@ public enum VaultError: Error, Equatable, Sendable, CustomStringConvertible {
     case corrupt(String)
     /// The master key file is missing, unsafe (permissions) or does not match the keystore.
     case masterKey(String)
+    /// The audit signing key file (`keys/audit.key`) is missing, unsafe or not this vault's.
+    case auditKey(String)
     /// The data directory is unsafe, unusable or held by another process.
     case dataDirectory(String)
     /// The journal cannot take the change set (unreachable, full, fenced by a newer primary):
@@ -49,6 +51,7 @@ public enum VaultError: Error, Equatable, Sendable, CustomStringConvertible {
         case .integrity(let m): "integrity failure: \(m)"
         case .corrupt(let m): "corrupt data: \(m)"
         case .masterKey(let m): "master key: \(m)"
+        case .auditKey(let m): "audit key: \(m)"
         case .dataDirectory(let m): "data directory: \(m)"
         case .journal(let m): "journal: \(m)"
         case .io(let m): "I/O error: \(m)"

@@ -250,7 +250,7 @@ func maintenance<T: Sendable>(_ name: String, _ logger: Logger, _ operation: () 
         return try await operation()
     } catch let e as VaultError {
         switch e {
-        case .io(let m), .masterKey(let m), .dataDirectory(let m):
+        case .io(let m), .masterKey(let m), .auditKey(let m), .dataDirectory(let m):
             logger.error("maintenance failed", metadata: ["operation": "\(name)", "error": "\(m)"])
             throw Problem(.serviceUnavailable, "\(name) failed: \(m); the vault is consistent, run it again once this is fixed")
         default:

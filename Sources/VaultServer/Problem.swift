@@ -71,7 +71,7 @@ public struct Problem: HTTPResponseError, Sendable {
         case .shuttingDown: return Problem(.serviceUnavailable, "the vault is shutting down")
         case .journal(let m): return Problem(.serviceUnavailable, "the journal cannot take writes (\(m)); nothing was written")
         case .integrity(let m): return Problem(.internalServerError, m)
-        case .corrupt, .masterKey, .dataDirectory, .io: return Problem(.internalServerError, "internal error")
+        case .corrupt, .masterKey, .auditKey, .dataDirectory, .io: return Problem(.internalServerError, "internal error")
         }
     }
 }

@@ -3,6 +3,7 @@ import Sodium
 import FuzzSupport
 import Testing
 import VaultAPI
+import VaultCore
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -100,11 +100,13 @@ import Glibc
         return (a, Tokens(op: op, agent: tokens[0], admin: tokens[1]))
     }
 
-    /// A standby of the primary `a` on `pg`, from a copy of `a`'s key file.
+    /// A standby of the primary `a` on `pg`, from a copy of `a`'s key file and audit key.
     static func standby(of a: Node, _ pg: PostgresCluster) async throws -> Node {
         let b = try Node("b")
         let key = try Data(contentsOf: URL(fileURLWithPath: a.keyFile))
-        FileManager.default.createFile(atPath: b.keyFile, contents: key, attributes: [.posixPermissions: 0o600])
+        #expect(FileManager.default.createFile(atPath: b.keyFile, contents: key, attributes: [.posixPermissions: 0o600]))
+        // The audit signing key travels with it: a standby refuses to start without the writer's.
+        try FileManager.default.copyItem(atPath: a.dir + "/keys/audit.key", toPath: b.dir + "/keys/audit.key")
         try b.serve(["--journal", pg.url, "--journal-lease", "PT2S", "--standby"])
         try await b.waitUntilServing(role: "standby")
         return b

@@ -129,6 +129,8 @@ final class TamperVault: @unchecked Sendable {
         }
         chmod(v.dir + "/data", 0o700)
         try v.writeKeyFile(Array(try Data(contentsOf: URL(fileURLWithPath: t.keyFile))), mode: 0o600)
+        // The audit signing key goes with the copy, as an operator's backup of keys/ would.
+        try FileManager.default.copyItem(atPath: t.dir + "/keys/audit.key", toPath: v.dir + "/keys/audit.key")
         v.operatorToken = t.operatorToken
         v.agentTokens = t.agentTokens
         v.adminTokens = t.adminTokens

@@ -40,7 +40,8 @@ struct InitCommand: AsyncParsableCommand {
             }
             try Files.makeDirectories(Files.directory(of: keyFile), mode: 0o700)
 
-            let configuration = VaultConfiguration(bucketWidthSeconds: try bucketWidth.map(bucketWidthSeconds))
+            var configuration = VaultConfiguration(bucketWidthSeconds: try bucketWidth.map(bucketWidthSeconds))
+            configuration.auditKeyFile = location.auditKeyFile
             let vault = try Vault.create(dataDirectory: location.dataDirectory, masterKeyFile: keyFile,
                                          configuration: configuration)
             defer { vault.close() }
@@ -53,7 +54,9 @@ struct InitCommand: AsyncParsableCommand {
             line.append(contentsOf: #"{"operator_token": ""#.utf8)
             issued.secret.withUnsafeBytes { line.append(contentsOf: $0) }
             line.append(contentsOf: "\"}\n".utf8)
-            Terminal.error("shredvault: created the vault in \(location.dataDirectory) with master key \(keyFile) "
+            let auditKey = location.auditKeyFile ?? AuditKeyFile(besideMasterKey: keyFile).path
+            Terminal.error("shredvault: created the vault in \(location.dataDirectory) with master key \(keyFile), "
+                + "audit signing key \(auditKey) "
                 + "and \(ISODuration.format(seconds: vault.configuration.bucketWidthSeconds)) expiry buckets; "
                 + "the operator token below is shown once")
             Terminal.outBytes(line)

@@ -31,7 +31,11 @@ struct RestoreCommand: AsyncParsableCommand {
         settings.progress = { line in Terminal.error("restore: \(line)") }
         settings.passwordFile = journalPasswordFile
         do {
-            let s = try await Restore.run(journal: settings, dataDirectory: location.dataDirectory, keyFile: location.keyFile)
+            var configuration = VaultConfiguration()
+            configuration.auditKeyFile = location.auditKeyFile
+            configuration.progress = { line in Terminal.error("restore: \(line)") }
+            let s = try await Restore.run(journal: settings, dataDirectory: location.dataDirectory, keyFile: location.keyFile,
+                                          configuration: configuration)
             print("""
                 {"snapshot_epoch": \(s.snapshot.epoch), "snapshot_sequence": \(s.snapshot.sequence), \
                 "head": \(s.head), "change_sets_replayed": \(s.changeSetsReplayed), "master_key_generation": \(s.generation)}

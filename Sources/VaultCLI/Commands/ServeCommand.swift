@@ -91,6 +91,11 @@ struct ServeCommand: AsyncParsableCommand {
           help: "Run a vault that wrote a journal without one (its journal falls behind for good).")
     var detachJournal = false
 
+    @Flag(name: .customLong("new-audit-key"),
+          help: ArgumentHelp("Sign the audit's heads with a new key from now on when --audit-key is missing or holds "
+                             + "another key (a lost file): listed after the earlier keys; tenants will see the change."))
+    var newAuditKey = false
+
     /// The options, checked and converted.
     struct Settings {
         var socketPath: String
@@ -138,6 +143,8 @@ struct ServeCommand: AsyncParsableCommand {
         }
         guard !(detachJournal && journal != nil) else { throw ValidationError("give --journal or --detach-journal, not both") }
         vault.detachJournal = detachJournal
+        vault.auditKeyFile = location.auditKeyFile
+        vault.newAuditKey = newAuditKey
         var body = 1 << 20
         if let maxBody {
             body = try byteCount(maxBody, option: "--max-body")
@@ -196,6 +203,7 @@ struct ServeCommand: AsyncParsableCommand {
         _ = ServerMetrics.registry
         var configuration = settings.vault
         configuration.commitObserver = ServerMetrics.commitObserver
+        configuration.progress = { line in logger.notice("\(line)") }
         configuration.journal?.progress = { line in logger.info("journal", metadata: ["progress": "\(line)"]) }
 
         var serverConfiguration = ServerConfiguration(socketPath: settings.socketPath, listen: settings.listen,

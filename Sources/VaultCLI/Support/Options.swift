@@ -11,9 +11,15 @@ struct VaultLocation: ParsableArguments {
                                valueName: "file"))
     var keyFile: String
 
+    @Option(name: .customLong("audit-key"),
+            help: ArgumentHelp("The key file (0600) that signs the audit's tree heads (default: audit.key beside "
+                               + "--key-file; made at the vault's first start).", valueName: "file"))
+    var auditKeyFile: String?
+
     func validate() throws {
         guard !dataDirectory.isEmpty else { throw ValidationError("--data-dir must not be empty") }
         guard !keyFile.isEmpty else { throw ValidationError("--key-file must not be empty") }
+        guard auditKeyFile?.isEmpty != true else { throw ValidationError("--audit-key must not be empty") }
     }
 }
 

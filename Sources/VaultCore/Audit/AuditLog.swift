@@ -79,6 +79,30 @@ public struct AuditEntry: Sendable, Equatable {
         return w.bytes
     }
 
+    /// The bytes of the entry's leaf in a transparency log: the entry as its reader is shown
+    /// it (`GET /v1/audit`), so a reader recomputes the leaf from what it was given. Format 1:
+    /// `u8 1 | u64 seq | i64 at (ms) | str tenant | str actor | str action | str target |
+    /// str outcome | u64 count | str reference | 32-byte hash`, `str` being a u16 big-endian
+    /// length and UTF-8, empty when absent; `seq` is the tenant's own number in a tenant's log
+    /// and the chain's in the operator's, which shows neither targets nor references.
+    /// docs/api.md spells it out for verifiers; `scripts/verify-audit` implements it.
+    static func leaf(seq: UInt64, at: Int64, tenant: String?, actor: String, action: String, target: String?,
+                     outcome: String, count: UInt64, reference: String?, hash: [UInt8]) -> [UInt8] {
+        var w = ByteWriter(capacity: 160)
+        w.u8(1)
+        w.u64(seq)
+        w.i64(at)
+        w.string(tenant ?? "")
+        w.string(actor)
+        w.string(action)
+        w.string(target ?? "")
+        w.string(outcome)
+        w.u64(count)
+        w.string(reference ?? "")
+        w.raw(hash)
+        return w.bytes
+    }
+
     static func decode(_ b: UnsafeRawBufferPointer) throws -> (entry: AuditEntry, canonical: [UInt8]) {
         var r = ByteReader(b, what: "audit entry")
         let version = try r.u8()
@@ -151,6 +175,17 @@ enum AuditLog {
             let local = try lastTenantSeq(t.number, in: txn, dbs: dbs) + 1
             try txn.put(.be(seq), forKey: Layout.auditByTenantKey(t.number, local), in: dbs.auditByTenant)
             tenantSeq = local
+        }
+        // The transparency logs: the operator's view of the entry, and the tenant's.
+        try AuditTree.append(leaf: AuditEntry.leaf(seq: seq, at: context.now, tenant: event.tenant?.slug, actor: event.actor.id,
+                                                   action: event.action, target: nil, outcome: event.outcome,
+                                                   count: event.count, reference: nil, hash: hash),
+                             index: seq - 1, log: AuditTree.operatorLog, in: txn, db: dbs.auditTree)
+        if let t = event.tenant, let tenantSeq {
+            try AuditTree.append(leaf: AuditEntry.leaf(seq: tenantSeq, at: context.now, tenant: t.slug, actor: event.actor.id,
+                                                       action: event.action, target: event.target, outcome: event.outcome,
+                                                       count: event.count, reference: event.reference, hash: hash),
+                                 index: tenantSeq - 1, log: t.number, in: txn, db: dbs.auditTree)
         }
         let head = AuditHead(seq: seq, hash: hash)
         // The head anchors the tail: deleting the newest entries is detected too.

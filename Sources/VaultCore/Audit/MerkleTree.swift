@@ -59,49 +59,81 @@ public struct MerkleTree: Sendable {
     public func root(size: UInt64? = nil) throws -> Hash {
         let n = size ?? self.size
         guard n <= self.size else { throw MerkleError.sizeBeyondLog(n, self.size) }
-        return n == 0 ? Self.emptyRoot : mth(0, Int(n))
+        return Self.root(size: n, subtree: complete)
     }
 
     /// The audit path of leaf `index` in the tree of the first `size` leaves (RFC 9162 PATH).
     public func inclusionProof(index: UInt64, size: UInt64) throws -> [Hash] {
         guard size <= self.size else { throw MerkleError.sizeBeyondLog(size, self.size) }
-        guard index < size else { throw MerkleError.indexBeyondSize(index, size) }
-        return path(Int(index), 0, Int(size))
+        return try Self.inclusionProof(index: index, size: size, subtree: complete)
     }
 
     /// The consistency proof from the tree of `old` leaves to the tree of `new` (RFC 9162 PROOF):
     /// empty when `old` is 0 or equals `new`.
     public func consistencyProof(from old: UInt64, to new: UInt64) throws -> [Hash] {
         guard new <= size else { throw MerkleError.sizeBeyondLog(new, size) }
+        return try Self.consistencyProof(from: old, to: new, subtree: complete)
+    }
+
+    /// The hash of the complete subtree of `count` leaves from `lo`, computed from the leaves.
+    private func complete(_ lo: UInt64, _ count: UInt64) -> Hash {
+        count == 1 ? leaves[Int(lo)] : Self.nodeHash(complete(lo, count / 2), complete(lo + count / 2, count / 2))
+    }
+
+    // MARK: The algorithms, over any store of complete subtrees
+
+    /// Where RFC 9162's recursion needs a hash, it is MTH of a range; every range it visits
+    /// starts at a multiple of the largest power of two not above its length, so the range is
+    /// a complete subtree — `subtree(lo, count)`, `count` a power of two and `lo` a multiple
+    /// of it — or splits into one and a shorter range. A store that keeps the complete
+    /// subtrees (`AuditTree`) answers any head or proof from O(log² n) of them.
+    public typealias Subtrees = (_ lo: UInt64, _ count: UInt64) throws -> Hash
+
+    /// MTH of the first `size` leaves.
+    public static func root(size: UInt64, subtree: Subtrees) rethrows -> Hash {
+        size == 0 ? emptyRoot : try mth(0, size, subtree)
+    }
+
+    /// PATH(index, D[0 ..< size]).
+    public static func inclusionProof(index: UInt64, size: UInt64, subtree: Subtrees) throws -> [Hash] {
+        guard index < size else { throw MerkleError.indexBeyondSize(index, size) }
+        return try path(index, 0, size, subtree)
+    }
+
+    /// PROOF(old, D[0 ..< new]).
+    public static func consistencyProof(from old: UInt64, to new: UInt64, subtree: Subtrees) throws -> [Hash] {
         guard old <= new else { throw MerkleError.oldBeyondNew(old, new) }
         guard old > 0, old < new else { return [] }
-        return subproof(Int(old), 0, Int(new), true)
+        return try subproof(old, 0, new, true, subtree)
     }
 
     /// MTH(D[lo ..< hi]).
-    private func mth(_ lo: Int, _ hi: Int) -> Hash {
+    private static func mth(_ lo: UInt64, _ hi: UInt64, _ subtree: Subtrees) rethrows -> Hash {
         let n = hi - lo
-        if n == 1 { return leaves[lo] }
-        let k = Int(Self.split(UInt64(n)))
-        return Self.nodeHash(mth(lo, lo + k), mth(lo + k, hi))
+        if n & (n - 1) == 0 { return try subtree(lo, n) }
+        let k = split(n)
+        return nodeHash(try subtree(lo, k), try mth(lo + k, hi, subtree))
     }
 
     /// PATH(m, D[lo ..< hi]).
-    private func path(_ m: Int, _ lo: Int, _ hi: Int) -> [Hash] {
+    private static func path(_ m: UInt64, _ lo: UInt64, _ hi: UInt64, _ subtree: Subtrees) rethrows -> [Hash] {
         let n = hi - lo
         if n == 1 { return [] }
-        let k = Int(Self.split(UInt64(n)))
-        return m < k ? path(m, lo, lo + k) + [mth(lo + k, hi)] : path(m - k, lo + k, hi) + [mth(lo, lo + k)]
+        let k = split(n)
+        return m < k
+            ? try path(m, lo, lo + k, subtree) + [try mth(lo + k, hi, subtree)]
+            : try path(m - k, lo + k, hi, subtree) + [try subtree(lo, k)]
     }
 
     /// SUBPROOF(m, D[lo ..< hi], b).
-    private func subproof(_ m: Int, _ lo: Int, _ hi: Int, _ complete: Bool) -> [Hash] {
+    private static func subproof(_ m: UInt64, _ lo: UInt64, _ hi: UInt64, _ complete: Bool,
+                                 _ subtree: Subtrees) rethrows -> [Hash] {
         let n = hi - lo
-        if m == n { return complete ? [] : [mth(lo, hi)] }
-        let k = Int(Self.split(UInt64(n)))
+        if m == n { return complete ? [] : [try mth(lo, hi, subtree)] }
+        let k = split(n)
         return m <= k
-            ? subproof(m, lo, lo + k, complete) + [mth(lo + k, hi)]
-            : subproof(m - k, lo + k, hi, false) + [mth(lo, lo + k)]
+            ? try subproof(m, lo, lo + k, complete, subtree) + [try mth(lo + k, hi, subtree)]
+            : try subproof(m - k, lo + k, hi, false, subtree) + [try subtree(lo, k)]
     }
 
     // MARK: Verification (what an offline verifier does, from hashes alone)

@@ -216,6 +216,11 @@ public enum Restore {
             }
         }
         let backend = try settings.backend()
+        // The restored vault signs its audit heads with the key beside the key file when there is
+        // one, else with a new one (listed after the lost machine's): a restore runs on a new
+        // machine, and the audit key does not travel in the journal.
+        let auditKey = configuration.auditKeyFile ?? AuditKeyFile(besideMasterKey: keyFile).path
+        let auditKeyExisted = Posix.exists(auditKey)
         let work = dataDirectory + ".restoring"
         let workKey = keyFile + ".restoring"
         var succeeded = false
@@ -224,7 +229,8 @@ public enum Restore {
                 // A defer cannot throw: what is left of the unfinished restore (a key file among
                 // them) is named instead of passed over.
                 do { try Posix.shredTree(work) } catch { progress?("could not remove \(work): \(error); remove it") }
-                for f in [workKey, workKey + ".next", workKey + ".tmp", workKey + ".next.tmp"] {
+                for f in [workKey, workKey + ".next", workKey + ".tmp", workKey + ".next.tmp"]
+                    + (auditKeyExisted ? [] : [auditKey, auditKey + ".tmp"]) {
                     do { try Posix.shred(f) } catch { progress?("could not shred \(f): \(error); shred it") }
                 }
             }
@@ -276,6 +282,8 @@ public enum Restore {
         locked.close()
         var config = configuration
         config.journal = settings
+        config.auditKeyFile = auditKey
+        config.newAuditKey = true
         let vault = try Vault.open(dataDirectory: work, masterKeyFile: workKey, configuration: config)
         let summary: Summary
         do {

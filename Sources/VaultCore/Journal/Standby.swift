@@ -93,6 +93,8 @@ public final class Standby: @unchecked Sendable {
                     throw VaultError.journal("\(dataDirectory) is not a copy of the vault whose journal \(settings.location) is")
                 }
                 var (master, generation) = try Vault.matchingMasterKey(stores, file: file)
+                try AuditKeys.checkForStandby(stores, file: configuration.auditKeyFile.map(AuditKeyFile.init(path:))
+                                                  ?? AuditKeyFile(besideMasterKey: masterKeyFile), newKey: configuration.newAuditKey)
                 // Away long enough for a snapshot to truncate what it lacks (the writer keeps change
                 // sets for standbys seen within the hour): start again from the latest snapshot when
                 // it is of this standby's generation.

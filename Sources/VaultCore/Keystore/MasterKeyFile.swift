@@ -45,36 +45,7 @@ public struct MasterKeyFile {
     }
 
     static func load(_ path: String) throws -> Loaded {
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-        guard fd >= 0 else {
-            throw VaultError.masterKey("cannot open \(path): \(Posix.errnoText())")
-        }
-        defer { close(fd) }
-        var st = stat()
-        try Posix.retrying("fstat \(path)") { fstat(fd, &st) }
-        guard (st.st_mode & S_IFMT) == S_IFREG else {
-            throw VaultError.masterKey("\(path) is not a regular file")
-        }
-        guard st.st_mode & 0o077 == 0 else {
-            throw VaultError.masterKey(
-                "\(path) is readable or writable by group or others (mode \(String(st.st_mode & 0o777, radix: 8))); run chmod 600 \(path)")
-        }
-        guard st.st_uid == geteuid() else {
-            throw VaultError.masterKey("\(path) is not owned by the user running the vault")
-        }
-        guard Int(st.st_size) == length else {
-            throw VaultError.masterKey("\(path) is not a ShredVault master key file (wrong size)")
-        }
-        var raw = try SecretBytes(count: length)
-        try raw.withUnsafeMutableBytes { buf in
-            var done = 0
-            while done < length {
-                let n = read(fd, buf.baseAddress! + done, length - done)
-                if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { throw VaultError.masterKey("cannot read \(path)") }
-                done += n
-            }
-        }
+        let raw = try SecretFile.read(path, length: length, kind: "ShredVault master key file", failure: VaultError.masterKey)
         let generation: UInt64 = try raw.withUnsafeBytes { buf in
             guard Array(buf[0..<4]) == magic, buf[4] == format else {
                 throw VaultError.masterKey("\(path) is not a ShredVault master key file (bad header)")
@@ -87,12 +58,6 @@ public struct MasterKeyFile {
 
     /// Writes `key` as `generation` into `target` via a temporary file, fsync and rename.
     func write(key: borrowing SecretBytes, generation: UInt64, to target: String) throws {
-        let tmp = target + ".tmp"
-        unlink(tmp)
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        guard fd >= 0 else { throw VaultError.masterKey("cannot create \(tmp): \(Posix.errnoText())") }
-        var closed = false
-        defer { if !closed { close(fd) } }
         var file = try SecretBytes(count: Self.length)
         file.withUnsafeMutableBytes { out in
             out.copyBytes(from: Self.magic)
@@ -102,20 +67,7 @@ public struct MasterKeyFile {
             }
             key.withUnsafeBytes { k in UnsafeMutableRawBufferPointer(rebasing: out[13..<45]).copyMemory(from: k) }
         }
-        try file.withUnsafeBytes { buf in
-            var done = 0
-            while done < buf.count {
-                let n = Glibc.write(fd, buf.baseAddress! + done, buf.count - done)
-                if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { throw VaultError.masterKey("cannot write \(tmp): \(Posix.errnoText())") }
-                done += n
-            }
-        }
-        try Posix.retrying("fsync \(tmp)") { fsync(fd) }
-        close(fd)
-        closed = true
-        try Posix.rename(tmp, target)
-        try Posix.fsyncDirectory(Self.directory(of: target))
+        try SecretFile.write(file, to: target, failure: VaultError.masterKey)
     }
 
     /// Makes the `.next` file the master key: atomic rename over the old file, whose

@@ -8,7 +8,7 @@ import LMDB
 enum Layout {
     static let keystoreDatabases = [
         meta, tenants, policies, extensions, holds, heldTargets, buckets, deadBuckets,
-        records, subjects, byBucket, audit, auditByTenant, tokens,
+        records, subjects, byBucket, audit, auditByTenant, tokens, auditTree,
     ]
     static let recordsDatabases = [ciphertexts]
 
@@ -17,6 +17,7 @@ enum Layout {
     static let keystoreCodes: [(String, UInt8)] = [
         (meta, 1), (tenants, 2), (policies, 3), (extensions, 4), (holds, 5), (heldTargets, 6), (buckets, 7),
         (deadBuckets, 8), (records, 9), (subjects, 10), (byBucket, 11), (audit, 12), (auditByTenant, 13), (tokens, 14),
+        (auditTree, 15),
     ]
     static let recordsCodes: [(String, UInt8)] = [(ciphertexts, 1)]
 
@@ -33,8 +34,9 @@ enum Layout {
     static let subjects = "subjects"            // t|tag(16)|id → ""
     static let byBucket = "bybucket"            // t|e|id → ""
     static let audit = "audit"                  // seq → AuditEntry
-    static let auditByTenant = "audit_by_tenant" // t|seq → ""
+    static let auditByTenant = "audit_by_tenant" // t|tenant seq → chain seq (u64)
     static let tokens = "tokens"                // token id → TokenRow (keyed hash only)
+    static let auditTree = "audit_tree"         // log(u32: 0 operator, t tenant)|level(u8)|index(u64) → 32-byte hash (AuditTree)
 
     // records/
     static let ciphertexts = "ciphertexts"      // t|id|version → sealed record

@@ -30,7 +30,7 @@ final class Stores: @unchecked Sendable {
 /// which preserves the main database's layout, but they are re-read on swap regardless).
 struct KeystoreDatabases {
     let meta, tenants, policies, extensions, holds, heldTargets, buckets, deadBuckets: Database
-    let records, subjects, byBucket, audit, auditByTenant, tokens: Database
+    let records, subjects, byBucket, audit, auditByTenant, tokens, auditTree: Database
 
     init(_ env: Environment) {
         meta = env.database(Layout.meta); tenants = env.database(Layout.tenants)
@@ -40,5 +40,6 @@ struct KeystoreDatabases {
         records = env.database(Layout.records); subjects = env.database(Layout.subjects)
         byBucket = env.database(Layout.byBucket); audit = env.database(Layout.audit)
         auditByTenant = env.database(Layout.auditByTenant); tokens = env.database(Layout.tokens)
+        auditTree = env.database(Layout.auditTree)
     }
 }

@@ -1,0 +1,88 @@
+import LMDB
+import Locking
+
+/// The heads this vault signed last, one per log: a head is signed again when its log has
+/// grown or the last one is a minute old, so a tenant polling sees a head at most a minute
+/// old while entries arrive, and signing costs nothing while they do not.
+final class AuditHeads: Sendable {
+    let signer: AuditSigner
+    private let latest = Locked<[UInt32: SignedTreeHead]>([:])
+    static let freshness: Int64 = 60_000
+
+    init(signer: AuditSigner) { self.signer = signer }
+
+    func head(log: UInt32, tenant: String?, size: UInt64, root: [UInt8], now: Int64) -> SignedTreeHead {
+        if let last = latest.withLock({ $0[log] }), last.size == size, last.root == root, now - last.at < Self.freshness {
+            return last
+        }
+        let message = SignedTreeHead.signedBytes(size: size, root: root, at: RFC3339.format(milliseconds: now), tenant: tenant)
+        let head = SignedTreeHead(size: size, root: root, at: now, tenant: tenant, signature: signer.key.sign(message),
+                                  keyID: signer.keyID)
+        latest.withLock { $0[log] = head }
+        return head
+    }
+}
+
+/// An RFC 9162 inclusion proof: the leaf's hash and its audit path.
+public struct AuditInclusionProof: Sendable, Equatable {
+    public let leafHash: [UInt8]
+    public let path: [[UInt8]]
+}
+
+extension Vault {
+    /// The log of `tenant` (its own entries), or the operator's (every entry, without targets).
+    private func log(_ tenant: TenantID?, in ks: borrowing Transaction, dbs: KeystoreDatabases,
+                     context: OperationContext) throws -> (log: UInt32, size: UInt64) {
+        guard let tenant else { return (AuditTree.operatorLog, context.auditHead.seq) }
+        let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
+        return (t.number, try AuditTree.size(t.number, in: ks, db: dbs.auditTree))
+    }
+
+    /// A signed head of `tenant`'s log (nil: the operator's) at its current size.
+    public func auditTreeHead(tenant: TenantID?) async throws -> SignedTreeHead {
+        let (log, size, root) = try await perform { ks, _, context in
+            let dbs = self.writer.stores.ks
+            let (log, size) = try self.log(tenant, in: ks, dbs: dbs, context: context)
+            return (log, size, try AuditTree.root(log, size: size, in: ks, db: dbs.auditTree))
+        }
+        return auditHeads.head(log: log, tenant: tenant?.slug, size: size, root: root, now: configuration.clock.now())
+    }
+
+    /// The inclusion proof of entry `seq` (the log's own numbering, from 1) in the tree of the
+    /// log's first `size` entries.
+    public func auditInclusionProof(tenant: TenantID?, seq: UInt64, size: UInt64) async throws -> AuditInclusionProof {
+        try await perform { ks, _, context in
+            let dbs = self.writer.stores.ks
+            let (log, current) = try self.log(tenant, in: ks, dbs: dbs, context: context)
+            try Self.checkSize(size, current)
+            guard seq >= 1, seq <= size else {
+                throw VaultError.refused("entry \(seq) is not in a tree of \(size) entries")
+            }
+            let leaf = try AuditTree.subtree(log, 0, seq - 1, in: ks, db: dbs.auditTree)
+            let path = try AuditTree.inclusionProof(log, index: seq - 1, size: size, in: ks, db: dbs.auditTree)
+            return AuditInclusionProof(leafHash: leaf, path: path)
+        }
+    }
+
+    /// The consistency proof from the log's first `from` entries to its first `to`.
+    public func auditConsistencyProof(tenant: TenantID?, from: UInt64, to: UInt64) async throws -> [[UInt8]] {
+        try await perform { ks, _, context in
+            let dbs = self.writer.stores.ks
+            let (log, current) = try self.log(tenant, in: ks, dbs: dbs, context: context)
+            try Self.checkSize(to, current)
+            guard from <= to else { throw VaultError.refused("\"from\" (\(from)) is beyond \"to\" (\(to))") }
+            return try AuditTree.consistencyProof(log, from: from, to: to, in: ks, db: dbs.auditTree)
+        }
+    }
+
+    private static func checkSize(_ size: UInt64, _ current: UInt64) throws {
+        guard size <= current else {
+            throw VaultError.refused("the log has \(current) entries; a tree of \(size) does not exist yet")
+        }
+    }
+
+    /// Every key that signs or signed this vault's heads, oldest first.
+    public func auditPublicKeys() async throws -> [AuditPublicKey] {
+        try await perform { ks, _, _ in try AuditKeys.list(in: ks, dbs: self.writer.stores.ks) }
+    }
+}
