@@ -1,3 +1,4 @@
+import Foundation
 import Hummingbird
 import VaultAPI
 import VaultCore
@@ -29,6 +30,75 @@ extension VaultServer {
             // The tenant's own numbering, no prev: nothing here counts another tenant's operations.
             let entries = try await self.vault.auditEntries(tenant: tenant, after: after, limit: limit)
             return jsonResponse { w in Self.writeAudit(entries, after: after, chain: false, into: &w) }
+        }
+
+        // The transparency logs: an admin's is its tenant's, the operator's is every entry's.
+        router.get("/v1/audit/head") { request, _ -> Response in
+            let head = try await self.vault.auditTreeHead(tenant: try self.auditLogOwner(request))
+            return jsonResponse { w in
+                w.beginObject()
+                w.key("size")
+                w.uint(head.size)
+                w.field("root", Self.base64(head.root))
+                w.time("at", head.at)
+                w.optionalString("tenant", head.tenant)
+                w.field("signature", Self.base64(head.signature))
+                w.field("key_id", head.keyID)
+                w.endObject()
+            }
+        }
+
+        router.get("/v1/audit/proof") { request, _ -> Response in
+            let owner = try self.auditLogOwner(request)
+            let q = request.uri.queryParameters
+            let seq = try Self.treeSize(q.get("seq"), "seq"), size = try Self.treeSize(q.get("size"), "size")
+            let proof = try await self.vault.auditInclusionProof(tenant: owner, seq: seq, size: size)
+            return jsonResponse { w in
+                w.beginObject()
+                // What the proof is of, so that the answer kept as it came says it.
+                w.key("seq")
+                w.uint(seq)
+                w.key("size")
+                w.uint(size)
+                w.field("leaf_hash", Self.base64(proof.leafHash))
+                Self.writePath(proof.path, into: &w)
+                w.endObject()
+            }
+        }
+
+        router.get("/v1/audit/consistency") { request, _ -> Response in
+            let owner = try self.auditLogOwner(request)
+            let q = request.uri.queryParameters
+            let from = try Self.treeSize(q.get("from"), "from"), to = try Self.treeSize(q.get("to"), "to")
+            let path = try await self.vault.auditConsistencyProof(tenant: owner, from: from, to: to)
+            return jsonResponse { w in
+                w.beginObject()
+                w.key("from")
+                w.uint(from)
+                w.key("to")
+                w.uint(to)
+                Self.writePath(path, into: &w)
+                w.endObject()
+            }
+        }
+
+        // Public keys, without a token: a verifier fetches them once and keeps them.
+        router.get("/v1/audit/keys") { _, _ -> Response in
+            let keys = try await self.vault.auditPublicKeys()
+            return jsonResponse { w in
+                w.beginObject()
+                w.key("keys")
+                w.beginArray()
+                for k in keys {
+                    w.beginObject()
+                    w.field("key_id", k.keyID)
+                    w.field("public_key", Self.base64(k.publicKey))
+                    w.time("from", k.from)
+                    w.endObject()
+                }
+                w.endArray()
+                w.endObject()
+            }
         }
 
         router.get("/v1/report") { request, _ -> Response in
@@ -97,5 +167,36 @@ extension VaultServer {
         w.key("next")
         w.uint(entries.last?.seq ?? after)
         w.endObject()
+    }
+
+    /// The routes that answer without a token.
+    public static let openPaths: Set<String> = ["/healthz", "/v1/audit/keys"]
+
+    /// Whose log a token reads: an admin its tenant's, the operator the operator's (nil).
+    func auditLogOwner(_ request: Request) throws -> TenantID? {
+        let p = try principal(request)
+        switch p.info.role {
+        case .admin: return try p.tenant()
+        case .operator: return nil
+        default: throw Problem.forbidden()
+        }
+    }
+
+    /// A required tree size or entry number: an integer from 0 to the int64 cap.
+    static func treeSize(_ text: String?, _ name: String) throws -> UInt64 {
+        guard let text else { throw Problem(.badRequest, "\"\(name)\" is required") }
+        guard let v = UInt64(text), v <= UInt64(Int64.max) else {
+            throw Problem(.badRequest, "\"\(name)\" must be an integer from 0 to \(Int64.max)")
+        }
+        return v
+    }
+
+    static func base64(_ bytes: [UInt8]) -> String { Data(bytes).base64EncodedString() }
+
+    static func writePath(_ path: [[UInt8]], into w: inout JSONWriter) {
+        w.key("path")
+        w.beginArray()
+        for h in path { w.string(base64(h)) }
+        w.endArray()
     }
 }

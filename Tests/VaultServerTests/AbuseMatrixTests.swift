@@ -127,7 +127,7 @@ import VaultServer
         repeat {
             let h = try await ServerHarness.start()
             if cases.isEmpty {
-                let routes = VaultServer(vault: h.vault, configuration: .init(socketPath: h.socket)).routes.filter { $0.path != "/healthz" }
+                let routes = VaultServer(vault: h.vault, configuration: .init(socketPath: h.socket)).routes.filter { !VaultServer.openPaths.contains($0.path) }
                 for route in routes { for kind in 0..<4 { cases.append((route, kind)) } }
             }
             let w = try await AbuseWorld.make(h)
@@ -773,6 +773,17 @@ enum AbuseRules {
         // Audit and report (admin).
         AbuseVariant("GET /v1/audit", [.admin: .always(200)]) { _, _, _ in AbuseProbe("GET", "/v1/audit?limit=50") },
         AbuseVariant("GET /v1/report", [.admin: .always(200)]) { _, _, _ in AbuseProbe("GET", "/v1/report") },
+        // The transparency logs: an admin's tenant's, the operator's; the keys need no token.
+        AbuseVariant("GET /v1/audit/head", [.admin: .always(200), .operator: .always(200)]) { _, _, _ in
+            AbuseProbe("GET", "/v1/audit/head")
+        },
+        AbuseVariant("GET /v1/audit/proof", [.admin: .always(200), .operator: .always(200)]) { _, _, _ in
+            AbuseProbe("GET", "/v1/audit/proof?seq=1&size=2")
+        },
+        AbuseVariant("GET /v1/audit/consistency", [.admin: .always(200), .operator: .always(200)]) { _, _, _ in
+            AbuseProbe("GET", "/v1/audit/consistency?from=1&to=2")
+        },
+        AbuseVariant("GET /v1/audit/keys", open: true, [:]) { _, _, _ in AbuseProbe("GET", "/v1/audit/keys") },
 
         // Operator. Tenant and token ids of A and B are the operator's to see ("own").
         AbuseVariant("POST /v1/admin/tenants", ids: "tenant id in the body", [.operator: AbuseExpect(own: 409, foreign: 409, unknown: 201)]) { w, _, owner in

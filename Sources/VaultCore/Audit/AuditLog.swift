@@ -163,8 +163,10 @@ enum AuditLog {
     static func append(_ event: Event, in txn: borrowing Transaction, dbs: KeystoreDatabases,
                        context: OperationContext) throws -> Appended {
         let seq = context.auditHead.seq + 1
+        // Read once: the clock moves, and the entry and its leaves must carry the same time.
+        let at = context.now
         let canonical = AuditEntry.canonical(
-            seq: seq, at: context.now, tenant: event.tenant?.slug, actor: event.actor.id, action: event.action,
+            seq: seq, at: at, tenant: event.tenant?.slug, actor: event.actor.id, action: event.action,
             target: event.target, outcome: event.outcome, count: event.count, reference: event.reference,
             nonce: Random.bytes(count: AuditEntry.nonceCount))
         let prev = context.auditHead.hash
@@ -177,12 +179,12 @@ enum AuditLog {
             tenantSeq = local
         }
         // The transparency logs: the operator's view of the entry, and the tenant's.
-        try AuditTree.append(leaf: AuditEntry.leaf(seq: seq, at: context.now, tenant: event.tenant?.slug, actor: event.actor.id,
+        try AuditTree.append(leaf: AuditEntry.leaf(seq: seq, at: at, tenant: event.tenant?.slug, actor: event.actor.id,
                                                    action: event.action, target: nil, outcome: event.outcome,
                                                    count: event.count, reference: nil, hash: hash),
                              index: seq - 1, log: AuditTree.operatorLog, in: txn, db: dbs.auditTree)
         if let t = event.tenant, let tenantSeq {
-            try AuditTree.append(leaf: AuditEntry.leaf(seq: tenantSeq, at: context.now, tenant: t.slug, actor: event.actor.id,
+            try AuditTree.append(leaf: AuditEntry.leaf(seq: tenantSeq, at: at, tenant: t.slug, actor: event.actor.id,
                                                        action: event.action, target: event.target, outcome: event.outcome,
                                                        count: event.count, reference: event.reference, hash: hash),
                                  index: tenantSeq - 1, log: t.number, in: txn, db: dbs.auditTree)

@@ -1,0 +1,116 @@
+import Foundation
+import Testing
+import VaultClient
+import VaultCore
+
+/// The transparency routes through the real socket, and what a client company does with
+/// them: save heads, entries and keys, and check them offline with `scripts/verify-audit`
+/// (Python, no Swift), which must say ok for the vault's own answers and name every edit.
+@Suite struct AuditTransparencyRouteTests {
+    static let repository: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path
+    }()
+
+    /// Runs `scripts/verify-audit` on `dir`: its exit status and what it printed.
+    static func verify(_ dir: String) throws -> (status: Int32, output: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", repository + "/scripts/verify-audit", dir]
+        let out = dir + ".out"
+        FileManager.default.createFile(atPath: out, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
+        p.standardOutput = handle
+        p.standardError = handle
+        try p.run()
+        p.waitUntilExit()
+        try handle.close()
+        return (p.terminationStatus, (try? String(contentsOfFile: out, encoding: .utf8)) ?? "")
+    }
+
+    static func save(_ r: HTTPResponse, _ path: String) throws {
+        #expect(r.status == 200, "\(path): \(r.status) \(r.text)")
+        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent,
+                                                withIntermediateDirectories: true)
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(r.body)))
+    }
+
+    @Test func headsProofsAndKeysAnswerAsTheSpecSaysAndVerifyOffline() async throws {
+        let h = try await ServerHarness.start()
+        defer { Task { await h.stop() } }
+        let acme = try await h.tenant("acme")
+        let globex = try await h.tenant("globex")
+        var ids: [String] = []
+        for i in 0..<7 {
+            let w = try await acme.agent.send("POST", "/v1/records", body: json(
+                ["subject": "cust-\(i)", "category": "personal", "channel": "phone", "data": ["n": i]]))
+            #expect(w.status == 201)
+            ids.append(try w.object()["id"] as! String)
+            _ = try await globex.agent.send("POST", "/v1/records", body: json(
+                ["subject": "g-\(i)", "category": "personal", "channel": "email", "data": ["n": i]]))
+        }
+        _ = try await acme.agent.send("GET", "/v1/records/\(ids[2])")
+
+        // Who may ask: an admin (its tenant's log), the operator (the operator's), not an agent.
+        #expect(try await acme.agent.send("GET", "/v1/audit/head").status == 403)
+        #expect(try await h.client(nil).send("GET", "/v1/audit/head").status == 401)
+        let opHead = try await h.operatorClient.send("GET", "/v1/audit/head").object()
+        #expect(opHead["tenant"] is NSNull)
+        let head = try await acme.admin.send("GET", "/v1/audit/head").object()
+        #expect(head["tenant"] as? String == "acme")
+        // The tenant's creation and its two tokens, 7 writes and a read.
+        #expect(head["size"] as? Int == 11, "\(head)")
+        #expect(Set(head.keys) == ["size", "root", "at", "tenant", "signature", "key_id"])
+        let keys = try await h.client(nil).send("GET", "/v1/audit/keys")
+        #expect(keys.status == 200)
+        #expect(((try keys.object()["keys"] as? [[String: Any]])?.first?["key_id"] as? String) == head["key_id"] as? String)
+
+        // Bad and refused parameters.
+        for (path, status) in [("/v1/audit/proof?size=3", 400), ("/v1/audit/proof?seq=x&size=3", 400),
+                               ("/v1/audit/proof?seq=1&size=9223372036854775808", 400),
+                               ("/v1/audit/proof?seq=1&size=12", 422), ("/v1/audit/proof?seq=0&size=11", 422),
+                               ("/v1/audit/proof?seq=12&size=11", 422), ("/v1/audit/consistency?from=1", 400),
+                               ("/v1/audit/consistency?from=5&to=4", 422), ("/v1/audit/consistency?from=1&to=12", 422)] {
+            let r = try await acme.admin.send("GET", path)
+            #expect(r.status == status && r.isProblem, "\(path): \(r.status) \(r.text)")
+        }
+
+        // What a client company keeps, then checks offline.
+        let dir = h.directory + "/acme-audit"
+        try Self.save(keys, dir + "/keys.json")
+        try Self.save(try await acme.admin.send("GET", "/v1/audit/head"), dir + "/heads/1.json")
+        try Self.save(try await acme.admin.send("GET", "/v1/audit/proof?seq=6&size=11"), dir + "/proofs/6-11.json")
+        for i in 0..<4 {
+            _ = try await acme.agent.send("GET", "/v1/records/\(ids[i])")
+        }
+        try Self.save(try await acme.admin.send("GET", "/v1/audit/head"), dir + "/heads/2.json")
+        try Self.save(try await acme.admin.send("GET", "/v1/audit/consistency?from=11&to=15"), dir + "/consistency/11-15.json")
+        try Self.save(try await acme.admin.send("GET", "/v1/audit?limit=5"), dir + "/entries/1.json")
+        try Self.save(try await acme.admin.send("GET", "/v1/audit?after=5"), dir + "/entries/2.json")
+        let ok = try Self.verify(dir)
+        #expect(ok.status == 0, "\(ok.output)")
+        #expect(ok.output.contains(": ok"), "\(ok.output)")
+
+        // One entry edited (its target), as a rewriter of the keystore would show it: named.
+        let page = dir + "/entries/2.json"
+        let original = try String(contentsOfFile: page, encoding: .utf8)
+        let edited = original.replacingOccurrences(of: ids[2], with: ids[3])
+        #expect(edited != original)
+        try edited.write(toFile: page, atomically: true, encoding: .utf8)
+        let broken = try Self.verify(dir)
+        #expect(broken.status == 1 && broken.output.contains("BROKEN"), "\(broken.output)")
+        try original.write(toFile: page, atomically: true, encoding: .utf8)
+
+        // A head with a forged signature (its size changed), and one of another tenant's.
+        let headPath = dir + "/heads/2.json"
+        let head2 = try String(contentsOfFile: headPath, encoding: .utf8)
+        #expect(head2.contains("\"size\":15"), "\(head2)")
+        try head2.replacingOccurrences(of: "\"size\":15", with: "\"size\":14").write(toFile: headPath, atomically: true, encoding: .utf8)
+        let forged = try Self.verify(dir)
+        #expect(forged.status == 1 && forged.output.contains("BROKEN"), "\(forged.output)")
+        try Self.save(try await globex.admin.send("GET", "/v1/audit/head"), headPath)
+        let mixed = try Self.verify(dir)
+        #expect(mixed.status != 0, "\(mixed.output)")
+    }
+}
