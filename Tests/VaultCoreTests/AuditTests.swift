@@ -3,8 +3,8 @@ import Sodium
 import LMDB
 @testable import VaultCore
 
-/// Every entry of a view, page by page.
-private func allEntries(_ v: Vault, tenant: TenantID?) async throws -> [AuditEntry] {
+/// Every entry of a view, page by page (also used by AuditTransparencyTests).
+func allEntries(_ v: Vault, tenant: TenantID?) async throws -> [AuditEntry] {
     var out: [AuditEntry] = []
     while true {
         let page = try await v.auditEntries(tenant: tenant, after: out.last?.seq ?? 0, limit: 1000)

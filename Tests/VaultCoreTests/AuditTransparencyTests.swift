@@ -34,15 +34,6 @@ private enum Reference {
     }
 }
 
-private func allEntries(_ v: Vault, tenant: TenantID?) async throws -> [AuditEntry] {
-    var out: [AuditEntry] = []
-    while true {
-        let page = try await v.auditEntries(tenant: tenant, after: out.last?.seq ?? 0, limit: 1000)
-        if page.isEmpty { return out }
-        out += page
-    }
-}
-
 /// What a vault written before the transparency logs lacks: every subtree and the logs' state.
 private func removeTrees(_ txn: borrowing Transaction, _ env: Environment) throws {
     let tree = env.database(Layout.auditTree)

@@ -85,7 +85,9 @@ public struct AuditEntry: Sendable, Equatable {
     /// str outcome | u64 count | str reference | 32-byte hash`, `str` being a u16 big-endian
     /// length and UTF-8, empty when absent; `seq` is the tenant's own number in a tenant's log
     /// and the chain's in the operator's, which shows neither targets nor references.
-    /// docs/api.md spells it out for verifiers; `scripts/verify-audit` implements it.
+    /// docs/api.md spells it out for verifiers; `scripts/verify-audit` implements it. Written
+    /// out apart from `canonical` on purpose: the stored entry's format may change, the leaf's
+    /// is a contract with every verifier a client company wrote.
     static func leaf(seq: UInt64, at: Int64, tenant: String?, actor: String, action: String, target: String?,
                      outcome: String, count: UInt64, reference: String?, hash: [UInt8]) -> [UInt8] {
         var w = ByteWriter(capacity: 160)
