@@ -30,6 +30,9 @@ public struct VaultConfiguration: Sendable {
     public var bucketWidthSeconds: Int64 { requestedBucketWidthSeconds ?? Self.defaultBucketWidthSeconds }
     /// Most operations group-committed in one LMDB write transaction.
     public var maxBatch: Int = 256
+    /// The audit entries the keystore keeps before a move to the archive (AuditArchive): the
+    /// keystore holds at most this many plus one batch's.
+    public var auditTail: UInt64 = AuditArchive.defaultTail
     public var keystoreMapSize: Int = 8 << 30
     public var recordsMapSize: Int = 64 << 30
     /// Dead entries removed per sweep transaction.
@@ -254,17 +257,22 @@ public final class Vault: Sendable {
                 let info = try Snapshot.begin(stores, journal: journal, master: key).stream(to: journal.backend)
                 try pruneJournal(journal.backend, keeping: info)
             }
-            // Entries written before the transparency logs get their leaves (once), then the key
-            // that signs the logs' heads is checked.
+            // Tenants get their audit counts, entries written before the transparency logs get
+            // their leaves (each once), the keystore's audit is moved to the record store but
+            // its tail, then the key that signs the logs' heads is checked.
+            try AuditArchive.prepare(stores)
             try AuditTree.buildMissing(stores, progress: configuration.progress)
+            try AuditArchive.moveAll(stores, keeping: configuration.auditTail, progress: configuration.progress)
             let auditKey = AuditKeyFile(path: configuration.auditKeyFile ?? AuditKeyFile(besideMasterKey: masterKeyFile).path)
             let signer = try AuditKeys.settle(stores, file: auditKey, newKey: configuration.newAuditKey || initialise,
                                               now: configuration.clock.now(), progress: configuration.progress)
             let tokens = TokenTable()
             let tokenFailures = try loadTokens(stores, master: key, generation: generation, into: tokens)
-            let head = try keystore.read { try AuditLog.head(in: $0, dbs: stores.ks) }
+            let (head, archived) = try keystore.read { ks in
+                (try AuditLog.head(in: ks, dbs: stores.ks), try AuditLog.archived(in: ks, dbs: stores.ks))
+            }
             let state = try WriterState(configuration: configuration, masterKeyFile: file, masterKey: key,
-                                    masterGeneration: generation, auditHead: head)
+                                        masterGeneration: generation, auditHead: head, auditArchived: archived)
             let writer = GroupCommitWriter(stores: stores, state: state, maxBatch: configuration.maxBatch)
             writer.start()
             return Vault(writer: writer, tokens: tokens, lock: lock, dataDirectory: dataDirectory, configuration: configuration,

@@ -1,6 +1,7 @@
 import Testing
 import Sodium
 import LMDB
+import Locking
 @testable import VaultCore
 
 /// Every entry of a view, page by page (also used by AuditTransparencyTests).
@@ -13,11 +14,13 @@ func allEntries(_ v: Vault, tenant: TenantID?) async throws -> [AuditEntry] {
     }
 }
 
-/// Edits the keystore's files directly (no vault may be open on the directory).
-private func withKeystore<R>(_ tv: TestVault, _ body: (borrowing Transaction, Environment) throws -> R) throws -> R {
-    let env = try Environment(path: tv.dir.data + "/keystore", databases: Layout.keystoreDatabases)
-    defer { env.close() }
-    return try env.write { txn in try body(txn, env) }
+/// Edits stored audit entry `seq` where it is, the archive or the keystore's tail (no vault may
+/// be open on the directory); `body` gets the transaction and database holding it.
+private func withStoredEntry<R>(_ tv: TestVault, _ seq: UInt64,
+                                _ body: (borrowing Transaction, Database, _ archived: Bool) throws -> R) throws -> R {
+    try withStoredVault(tv.dir.data) { ks, dbs, rec, audit in
+        seq <= (try AuditLog.archived(in: ks, dbs: dbs)) ? try body(rec, audit.archivedEntries, true) : try body(ks, audit.entries, false)
+    }
 }
 
 @Suite struct AuditTests {
@@ -118,18 +121,19 @@ private func withKeystore<R>(_ tv: TestVault, _ body: (borrowing Transaction, En
 
     static let flipPositions: [String] = ["time", "middle", "prev", "hash"]
 
-    @Test(arguments: flipPositions)
-    func flippingOneByteOfEntryFiveIsNamed(_ where_: String) async throws {
+    /// One byte of an entry in the archive (entry 5) or in the keystore's tail (the one before
+    /// the newest) is flipped: verification names that entry.
+    @Test(arguments: flipPositions, [false, true])
+    func flippingOneByteOfAnEntryIsNamed(_ where_: String, inTail: Bool) async throws {
         let tv = try TestVault()
         _ = try await exercise(tv)
         let before = try await tv.vault.verifyAudit()
         #expect(before.isIntact)
-        #expect(before.entries > 6)
+        #expect(before.entries > TestVault.auditTail + 6)
         tv.vault.close()
 
-        let target: UInt64 = 5
-        try withKeystore(tv) { txn, env in
-            let db = env.database(Layout.audit)
+        let target: UInt64 = inTail ? before.entries - 1 : 5
+        let archived = try withStoredEntry(tv, target) { txn, db, archived in
             var value = try #require(try txn.value(forKey: Layout.auditKey(target), in: db))
             let index: Int = switch where_ {
             case "time": 1 + 8 + 7            // low byte of the timestamp
@@ -139,7 +143,9 @@ private func withKeystore<R>(_ tv: TestVault, _ body: (borrowing Transaction, En
             }
             value[index] ^= 0x01
             try txn.put(value, forKey: Layout.auditKey(target), in: db)
+            return archived
         }
+        #expect(archived == !inTail)
 
         let v = try tv.openAgain()
         defer { v.close() }
@@ -157,8 +163,9 @@ private func withKeystore<R>(_ tv: TestVault, _ body: (borrowing Transaction, En
         tv.vault.close()
 
         let newest = before.entries
-        try withKeystore(tv) { txn, env in
-            let deleted = try txn.delete(key: Layout.auditKey(newest), in: env.database(Layout.audit))
+        try withStoredEntry(tv, newest) { txn, db, archived in
+            #expect(!archived)
+            let deleted = try txn.delete(key: Layout.auditKey(newest), in: db)
             #expect(deleted)
         }
         let v = try tv.openAgain()
@@ -175,8 +182,9 @@ private func withKeystore<R>(_ tv: TestVault, _ body: (borrowing Transaction, En
         let before = try await tv.vault.verifyAudit()
         tv.vault.close()
         let victim = before.entries / 2
-        try withKeystore(tv) { txn, env in
-            let deleted = try txn.delete(key: Layout.auditKey(victim), in: env.database(Layout.audit))
+        try withStoredEntry(tv, victim) { txn, db, archived in
+            #expect(archived, "the middle of \(before.entries) entries is in the archive")
+            let deleted = try txn.delete(key: Layout.auditKey(victim), in: db)
             #expect(deleted)
         }
         let v = try tv.openAgain()
@@ -340,8 +348,8 @@ private func withKeystore<R>(_ tv: TestVault, _ body: (borrowing Transaction, En
                                  target: second.target, outcome: second.outcome, count: second.count,
                                  reference: second.reference, nonce: nonce)
         }
-        let stored = try withKeystore(tv) { txn, env in
-            try #require(try txn.value(forKey: Layout.auditKey(g), in: env.database(Layout.audit)))
+        let stored = try withStoredEntry(tv, g) { txn, db, _ in
+            try #require(try txn.value(forKey: Layout.auditKey(g), in: db))
         }
         let (entry, storedCanonical) = try stored.withUnsafeBytes { try AuditEntry.decode($0) }
         // Control: the tenant's fields, the chain seq and the stored nonce are the whole entry.
@@ -359,44 +367,127 @@ private func withKeystore<R>(_ tv: TestVault, _ body: (borrowing Transaction, En
         #expect(Set(chain.map(\.hash)).count == chain.count)
     }
 
-    /// A vault written before tenant-local numbering keyed the tenant index by the chain's
-    /// seq with empty values: each tenant's index is renumbered the first time it is read
-    /// (acme) or appended to (globex); entries of format 1 (no nonce) still verify.
-    @Test func indexWrittenBeforeTenantNumberingIsRenumbered() async throws {
+    /// A vault written before the archive kept its whole audit in the keystore, and one older
+    /// still keyed the numbering by the chain's seq with empty values and kept no counts. At
+    /// open the numbering is renumbered, each tenant counted, and all but the tail moved to the
+    /// record store: each tenant's view, the chain and every log's head are as they were, and
+    /// the logs go on.
+    @Test func anAuditKeptWhollyInTheKeystoreMovesToTheArchiveUnchanged() async throws {
         let tv = try TestVault()
         _ = try await exercise(tv)
         let v0 = tv.vault
         let globex2 = tenant("globex-2")
         _ = try await v0.createTenant(globex2, actor: .system)
-        for i in 0..<6 {
-            _ = try await v0.write(try newRecord(subject, payloadText), tenant: i % 2 == 0 ? acme : globex2, actor: agent)
+        for i in 0..<400 {
+            _ = try await v0.write(try newRecord(subject, payloadText), tenant: i % 3 == 0 ? acme : globex2, actor: agent)
         }
         let acmeBefore = try await allEntries(v0, tenant: acme)
         let globexBefore = try await allEntries(v0, tenant: globex2)
+        let chainBefore = try await allEntries(v0, tenant: nil)
+        let headsBefore = try await [v0.auditTreeHead(tenant: acme), v0.auditTreeHead(tenant: globex2), v0.auditTreeHead(tenant: nil)]
         let entriesBefore = try await v0.verifyAudit().entries
         v0.close()
 
-        // Back to the old layout: t|chain seq → "".
-        try withKeystore(tv) { txn, env in
-            let db = env.database(Layout.auditByTenant)
-            var rows: [(key: [UInt8], value: [UInt8])] = []
-            try txn.forEach(in: db) { k, v in rows.append(([UInt8](k), [UInt8](v))); return .continue }
-            #expect(rows.allSatisfy { $0.key.count == 12 && $0.value.count == 8 })
-            for r in rows { _ = try txn.delete(key: r.key, in: db) }
-            for r in rows { try txn.put([], forKey: Array(r.key.prefix(4)) + r.value, in: db) }
+        // Back to the oldest layout: every row in the keystore, numbering as t|chain seq → "".
+        try withStoredVault(tv.dir.data) { ks, dbs, rec, audit in
+            #expect(try AuditLog.archived(in: ks, dbs: dbs) > 0, "the writes moved entries to the archive")
+            var rows: [Database: [([UInt8], [UInt8])]] = [:]
+            for db in [audit.archivedEntries, audit.archivedTree, audit.archivedByTenant] {
+                try rec.forEach(in: db) { k, v in rows[db, default: []].append((Array(k), Array(v))); return .continue }
+                try rec.removeAll(in: db)
+            }
+            for (k, v) in rows[audit.archivedEntries] ?? [] { try ks.put(v, forKey: k, in: audit.entries) }
+            for (k, v) in rows[audit.archivedTree] ?? [] { try ks.put(v, forKey: k, in: audit.tree) }
+            for (k, v) in rows[audit.archivedByTenant] ?? [] { try ks.put(v, forKey: k, in: audit.byTenant) }
+            var numbering: [([UInt8], [UInt8])] = []
+            try ks.forEach(in: audit.byTenant) { k, v in numbering.append((Array(k), Array(v))); return .continue }
+            #expect(numbering.filter { $0.0.count == 4 }.count == 3, "acme, globex and globex-2 have their counts")
+            try ks.removeAll(in: audit.byTenant)
+            for (k, v) in numbering where k.count == 12 { try ks.put([], forKey: Array(k.prefix(4)) + v, in: audit.byTenant) }
+            _ = try ks.delete(key: AuditLog.archivedKey, in: dbs.meta)
         }
 
-        let v = try tv.openAgain()
-        defer { v.close() }
-        // Read first: renumbered to the same view.
+        let progress = Locked<[String]>([])
+        var c = tv.configuration
+        c.progress = { line in progress.withLock { $0.append(line) } }
+        let v = try Vault.open(dataDirectory: tv.dir.data, masterKeyFile: tv.dir.keyFile, configuration: c)
+        let lines = progress.withLock { $0 }
+        #expect(lines.contains { $0.contains("to the record store") }, "\(lines)")
         #expect(try await allEntries(v, tenant: acme) == acmeBefore)
-        // Appended to first: renumbered, then the new entry follows.
+        #expect(try await allEntries(v, tenant: globex2) == globexBefore)
+        #expect(try await allEntries(v, tenant: nil) == chainBefore)
+        let headsAfter = try await [v.auditTreeHead(tenant: acme), v.auditTreeHead(tenant: globex2), v.auditTreeHead(tenant: nil)]
+        #expect(zip(headsBefore, headsAfter).allSatisfy { $0.size == $1.size && $0.root == $1.root })
+        // Appended to: the new entry follows in the tenant's numbering and in its log.
         _ = try await v.write(try newRecord(subject, payloadText), tenant: globex2, actor: agent)
         let globexAfter = try await allEntries(v, tenant: globex2)
         #expect(Array(globexAfter.dropLast()) == globexBefore)
         #expect(globexAfter.last?.seq == UInt64(globexBefore.count + 1))
+        let grown = try await v.auditTreeHead(tenant: globex2)
+        let proof = try await v.auditConsistencyProof(tenant: globex2, from: headsBefore[1].size, to: grown.size)
+        #expect(MerkleTree.verifyConsistency(old: headsBefore[1].size, new: grown.size, oldRoot: headsBefore[1].root,
+                                             newRoot: grown.root, proof: proof))
         #expect(try await v.verifyAudit().isIntact)
         #expect(try await v.verifyAudit().entries == entriesBefore + 1)
+        v.close()
+
+        try withStoredVault(tv.dir.data) { ks, dbs, _, audit in
+            var tail = 0
+            try ks.forEach(in: audit.entries) { _, _ in tail += 1; return .continue }
+            #expect(tail >= 1 && UInt64(tail) <= tv.configuration.auditTail + 1, "the keystore keeps the tail: \(tail) entries")
+            #expect(try AuditLog.archived(in: ks, dbs: dbs) >= entriesBefore - tv.configuration.auditTail)
+        }
+    }
+
+    /// A move to the archive interrupted between its two commits (the record store committed,
+    /// the keystore not) leaves the tail's rows in both environments and the mark where it was:
+    /// every view, the chain and the heads are unchanged, and the next move puts the same rows
+    /// again.
+    @Test func aMoveInterruptedBetweenItsCommitsChangesNothing() async throws {
+        let tv = try TestVault()
+        _ = try await tv.vault.createTenant(acme, actor: .system)
+        _ = try await tv.vault.createTenant(globex, actor: .system)
+        for i in 0..<60 { _ = try await tv.vault.write(try newRecord("s\(i)", "{}"), tenant: i % 2 == 0 ? acme : globex, actor: agent) }
+        func views(_ v: Vault) async throws -> [[AuditEntry]] {
+            [try await allEntries(v, tenant: acme), try await allEntries(v, tenant: globex), try await allEntries(v, tenant: nil)]
+        }
+        func heads(_ v: Vault) async throws -> [[UInt8]] {
+            [try await v.auditTreeHead(tenant: acme).root, try await v.auditTreeHead(tenant: globex).root,
+             try await v.auditTreeHead(tenant: nil).root]
+        }
+        let before = try await views(tv.vault)
+        let headsBefore = try await heads(tv.vault)
+        tv.vault.close()
+        var copied = 0
+        try withStoredVault(tv.dir.data) { ks, dbs, rec, audit in
+            #expect(try AuditLog.archived(in: ks, dbs: dbs) > 0)
+            for (tail, archive) in [(audit.entries, audit.archivedEntries), (audit.byTenant, audit.archivedByTenant),
+                                    (audit.tree, audit.archivedTree)] {
+                var rows: [([UInt8], [UInt8])] = []
+                try ks.forEach(in: tail) { k, v in
+                    if !(tail == audit.byTenant && k.count == 4) { rows.append((Array(k), Array(v))) }
+                    return .continue
+                }
+                for (k, v) in rows { try rec.put(v, forKey: k, in: archive) }
+                copied += rows.count
+            }
+        }
+        #expect(copied > 0)
+        let v = try tv.openAgain()
+        defer { v.close() }
+        #expect(try await views(v) == before)
+        #expect(try await heads(v) == headsBefore)
+        #expect(try await v.verifyAudit().isIntact)
+        // The next moves go over the copies.
+        for i in 0..<40 { _ = try await v.write(try newRecord("t\(i)", "{}"), tenant: acme, actor: agent) }
+        let after = try await views(v)
+        #expect(Array(after[0].prefix(before[0].count)) == before[0])
+        #expect(after[1] == before[1])
+        #expect(try await v.verifyAudit().isIntact)
+        let grown = try await v.auditTreeHead(tenant: acme)
+        let proof = try await v.auditConsistencyProof(tenant: acme, from: UInt64(before[0].count), to: grown.size)
+        #expect(MerkleTree.verifyConsistency(old: UInt64(before[0].count), new: grown.size, oldRoot: headsBefore[0],
+                                             newRoot: grown.root, proof: proof))
     }
 
     /// The renumbering works in chunks, in place, one tenant's prefix only.
@@ -410,8 +501,8 @@ private func withKeystore<R>(_ tv: TestVault, _ body: (borrowing Transaction, En
             for i in 0..<n { try txn.put([], forKey: Layout.auditByTenantKey(7, 3 * i + 2), in: dbs.auditByTenant) }
             try txn.put([], forKey: Layout.auditByTenantKey(6, 5), in: dbs.auditByTenant)
             try txn.put([], forKey: Layout.auditByTenantKey(8, 1), in: dbs.auditByTenant)
-            #expect(try AuditLog.lastTenantSeq(7, in: txn, dbs: dbs) == n)
-            #expect(try AuditLog.lastTenantSeq(7, in: txn, dbs: dbs) == n)  // once only
+            #expect(try AuditArchive.legacyCount(7, in: txn, dbs: dbs) == n)
+            #expect(try AuditArchive.legacyCount(7, in: txn, dbs: dbs) == n)  // once only
         }
         try env.read { txn in
             var rows: [(UInt32, UInt64, [UInt8])] = []

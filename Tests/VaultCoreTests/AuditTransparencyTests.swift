@@ -35,12 +35,11 @@ private enum Reference {
 }
 
 /// What a vault written before the transparency logs lacks: every subtree and the logs' state.
-private func removeTrees(_ txn: borrowing Transaction, _ env: Environment) throws {
-    let tree = env.database(Layout.auditTree)
-    var keys: [[UInt8]] = []
-    try txn.forEach(in: tree) { k, _ in keys.append(Array(k)); return .continue }
-    for k in keys { _ = try txn.delete(key: k, in: tree) }
-    _ = try txn.delete(key: AuditTree.stateKey, in: env.database(Layout.meta))
+private func removeTrees(_ ks: borrowing Transaction, _ dbs: KeystoreDatabases, _ rec: borrowing Transaction,
+                         _ audit: AuditDatabases) throws {
+    try ks.removeAll(in: audit.tree)
+    try rec.removeAll(in: audit.archivedTree)
+    _ = try ks.delete(key: AuditTree.stateKey, in: dbs.meta)
 }
 
 @Suite struct AuditTransparencyTests {
@@ -55,26 +54,26 @@ private func removeTrees(_ txn: borrowing Transaction, _ env: Environment) throw
         let env = try Environment(path: dir.path, options: .init(mapSize: 64 << 20), databases: ["tree"])
         defer { env.close() }
         let db = env.database("tree")
+        // The tail and the archive in one database: the subtrees are all in the tail.
+        let audit = AuditDatabases(entries: db, byTenant: db, tree: db, archivedEntries: db, archivedByTenant: db, archivedTree: db)
         let entries = (0..<257).map { i in [UInt8(i & 0xFF), UInt8(i >> 8), 0x5A] }
         let leaves = entries.map(Reference.leaf)
         try env.write { txn in
-            for (i, e) in entries.enumerated() { try AuditTree.append(leaf: e, index: UInt64(i), log: 7, in: txn, db: db) }
+            for (i, e) in entries.enumerated() { try AuditTree.append(leaf: e, index: UInt64(i), log: 7, in: txn, txn, audit: audit) }
         }
         try env.read { txn in
-            #expect(try AuditTree.size(7, in: txn, db: db) == 257)
-            #expect(try AuditTree.size(8, in: txn, db: db) == 0)
-            let roots = try (0...257).map { n in try AuditTree.root(7, size: UInt64(n), in: txn, db: db) }
+            let roots = try (0...257).map { n in try AuditTree.root(7, size: UInt64(n), in: txn, txn, audit: audit) }
             for n in 0...257 { #expect(roots[n] == Reference.root(leaves[0..<n]), "root of \(n)") }
             for size in UInt64(1)...257 {
                 let indices = size <= 40 ? Array(0..<size) : [0, 1, size / 3, size / 2, size - 2, size - 1]
                 for index in indices {
-                    let proof = try AuditTree.inclusionProof(7, index: index, size: size, in: txn, db: db)
+                    let proof = try AuditTree.inclusionProof(7, index: index, size: size, in: txn, txn, audit: audit)
                     #expect(MerkleTree.verifyInclusion(leaf: leaves[Int(index)], index: index, size: size, proof: proof,
                                                        root: roots[Int(size)]), "inclusion \(index)/\(size)")
                 }
                 let olds = size <= 40 ? Array(1...size) : [1, 2, 3, size / 2, size - 1, size]
                 for old in olds {
-                    let proof = try AuditTree.consistencyProof(7, from: old, to: size, in: txn, db: db)
+                    let proof = try AuditTree.consistencyProof(7, from: old, to: size, in: txn, txn, audit: audit)
                     #expect(MerkleTree.verifyConsistency(old: old, new: size, oldRoot: roots[Int(old)], newRoot: roots[Int(size)],
                                                          proof: proof), "consistency \(old)->\(size)")
                 }
@@ -146,11 +145,7 @@ private func removeTrees(_ txn: borrowing Transaction, _ env: Environment) throw
         let heads = try await [tv.vault.auditTreeHead(tenant: acme), tv.vault.auditTreeHead(tenant: globex),
                                tv.vault.auditTreeHead(tenant: nil)]
         tv.vault.close()
-        let env = try Environment(path: tv.dir.data + "/keystore", databases: Layout.keystoreDatabases)
-        try env.write { txn in
-            try removeTrees(txn, env)
-        }
-        env.close()
+        try withStoredVault(tv.dir.data, removeTrees)
         var c = tv.configuration
         c.progress = { _ in }
         let v = try Vault.open(dataDirectory: tv.dir.data, masterKeyFile: tv.dir.keyFile, configuration: c)
@@ -177,11 +172,12 @@ private func removeTrees(_ txn: borrowing Transaction, _ env: Environment) throw
         let saved = try await tv.vault.auditTreeHead(tenant: acme)
         tv.vault.close()
         // The read of record 3 becomes a read of record 4, chain hashes recomputed throughout.
-        let env = try Environment(path: tv.dir.data + "/keystore", databases: Layout.keystoreDatabases)
-        try env.write { txn in
-            let audit = env.database(Layout.audit), meta = env.database(Layout.meta)
+        try withStoredVault(tv.dir.data) { ks, dbs, rec, stored in
+            // A vault this small has every entry in the keystore's tail.
+            #expect(try AuditLog.archived(in: ks, dbs: dbs) == 0)
+            let audit = stored.entries
             var rows: [(AuditEntry, [UInt8])] = []
-            try txn.forEach(in: audit) { _, v in rows.append(try AuditEntry.decode(v)); return .continue }
+            try ks.forEach(in: audit) { _, v in rows.append(try AuditEntry.decode(v)); return .continue }
             var prev = AuditHead.genesis.hash
             for (e, _) in rows {
                 let target = e.action == "record.read" ? "record:\(ids[3])" : e.target
@@ -189,13 +185,12 @@ private func removeTrees(_ txn: borrowing Transaction, _ env: Environment) throw
                                                      target: target, outcome: e.outcome, count: e.count, reference: e.reference,
                                                      nonce: Random.bytes(count: AuditEntry.nonceCount))
                 let hash = KeyedHash.hash(prev + canonical, outputCount: 32)
-                try txn.put(canonical + prev + hash, forKey: Layout.auditKey(e.seq), in: audit)
+                try ks.put(canonical + prev + hash, forKey: Layout.auditKey(e.seq), in: audit)
                 prev = hash
             }
-            try txn.put(AuditHead(seq: UInt64(rows.count), hash: prev).encode(), forKey: AuditLog.headKey, in: meta)
-            try removeTrees(txn, env)
+            try ks.put(AuditHead(seq: UInt64(rows.count), hash: prev).encode(), forKey: AuditLog.headKey, in: dbs.meta)
+            try removeTrees(ks, dbs, rec, stored)
         }
-        env.close()
         let v = try Vault.open(dataDirectory: tv.dir.data, masterKeyFile: tv.dir.keyFile, configuration: tv.configuration)
         defer { v.close() }
         #expect(try await v.verifyAudit().isIntact, "the rewrite is consistent: the chain alone cannot tell")

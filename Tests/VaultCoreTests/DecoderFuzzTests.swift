@@ -514,7 +514,8 @@ struct DecoderFuzzer {
                 _ = try txn.delete(key: AuditLog.headKey, in: dbs.meta)
                 for (k, v) in c.chain { try txn.put(v, forKey: k, in: dbs.audit) }
                 if let h = c.head { try txn.put(h, forKey: AuditLog.headKey, in: dbs.meta) }
-                verdicts.append(Result { try AuditLog.verify(in: txn, dbs: dbs) })
+                // Nothing archived (no mark): the chain is the keystore's tail alone.
+                verdicts.append(Result { try AuditLog.verify(in: txn, txn, dbs: dbs, audit: AuditDatabases(keystore: env, records: env)) })
             }
         }
         var caseIndex = 0

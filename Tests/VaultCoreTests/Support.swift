@@ -38,7 +38,7 @@ struct TestVault {
     let vault: Vault
 
     init(bucketWidthSeconds: Int64? = 86_400, maxBatch: Int = 256, sweepBatchSize: Int = 5_000,
-         recordsMapSize: Int = 1 << 30, rotationChunkSize: Int = 10_000,
+         recordsMapSize: Int = 1 << 30, rotationChunkSize: Int = 10_000, auditTail: UInt64 = TestVault.auditTail,
          faults: (@Sendable (FaultPoint) throws -> Void)? = nil) throws {
         dir = TemporaryDirectory()
         clock = ManualClock()
@@ -48,6 +48,7 @@ struct TestVault {
                                            keystoreMapSize: 256 << 20, recordsMapSize: recordsMapSize,
                                            sweepBatchSize: sweepBatchSize, clock: clock.vaultClock)
         configuration.rotationChunkSize = rotationChunkSize
+        configuration.auditTail = auditTail
         configuration.faultInjector = faults
         vault = try Vault.create(dataDirectory: dir.data, masterKeyFile: dir.keyFile, configuration: configuration)
     }
@@ -120,7 +121,7 @@ extension TestVault {
     /// A vault in a fresh temporary directory with chosen map sizes (e.g. a tiny record store
     /// to reach MDB_MAP_FULL quickly).
     init(recordsMapSize: Int, keystoreMapSize: Int = 256 << 20, bucketWidthSeconds: Int64 = 86_400,
-         maxBatch: Int = 256) throws {
+         maxBatch: Int = 256, auditTail: UInt64 = TestVault.auditTail) throws {
         dir = TemporaryDirectory()
         clock = ManualClock()
         try FileManager.default.createDirectory(atPath: dir.path + "/keys", withIntermediateDirectories: true,
@@ -128,8 +129,12 @@ extension TestVault {
         configuration = VaultConfiguration(bucketWidthSeconds: bucketWidthSeconds, maxBatch: maxBatch,
                                            keystoreMapSize: keystoreMapSize, recordsMapSize: recordsMapSize,
                                            clock: clock.vaultClock)
+        configuration.auditTail = auditTail
         vault = try Vault.create(dataDirectory: dir.data, masterKeyFile: dir.keyFile, configuration: configuration)
     }
+
+    /// A short audit tail, so that tests read and verify the archive and the tail together.
+    static let auditTail: UInt64 = 16
 
     /// Opens the data directory again; every vault previously opened on it must be closed.
     func openAgain() throws -> Vault {
@@ -167,5 +172,19 @@ func storedCiphertextKeys(dataDirectory: String) throws -> [[UInt8]] {
             return .continue
         }
         return keys
+    }
+}
+
+/// Edits a vault's files directly (no vault may be open on the directory), both environments
+/// in one write, the record store's first as the vault commits: the keystore's transaction and
+/// databases, the record store's, and the audit's databases in both.
+func withStoredVault<R>(_ dataDirectory: String,
+                        _ body: (borrowing Transaction, KeystoreDatabases, borrowing Transaction, AuditDatabases) throws -> R) throws -> R {
+    let keystore = try Environment(path: dataDirectory + "/keystore", databases: Layout.keystoreDatabases)
+    defer { keystore.close() }
+    let records = try Environment(path: dataDirectory + "/records", databases: Layout.recordsDatabases)
+    defer { records.close() }
+    return try keystore.write { ks in
+        try records.write { rec in try body(ks, KeystoreDatabases(keystore), rec, AuditDatabases(keystore: keystore, records: records)) }
     }
 }

@@ -261,7 +261,13 @@ final class TamperVault: @unchecked Sendable {
             return previous
         }
         undoLog.append { [unowned self] in
-            try write(env) { txn, e in
+            // An audit entry edited in the keystore's tail may have been moved to the archive
+            // since (the daemon ran): it is put back where it is now.
+            var moved = false
+            if env == .keystore && db == Layout.audit && previous != nil, try self.value(.keystore, db, key) == nil {
+                moved = try self.value(.records, db, key) != nil
+            }
+            try write(moved ? .records : env) { txn, e in
                 let d = e.database(db)
                 if let previous { try txn.put(previous, forKey: key, in: d) } else { try txn.delete(key: key, in: d) }
             }

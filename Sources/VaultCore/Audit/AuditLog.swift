@@ -135,14 +135,20 @@ public struct AuditVerification: Sendable, Equatable {
 }
 
 /// Appends and verifies the hash chain. Appends happen inside the write transaction of
-/// the operation they record, so an operation and its entry commit (or vanish) together.
+/// the operation they record, in the keystore, so an operation and its entry commit (or
+/// vanish) together. The keystore keeps a bounded tail: later batches move committed entries,
+/// their numbering and their subtrees to the record store (`AuditArchive`), so it holds a few
+/// hundred entries and each tenant's count however long the history. Reads see one log: the
+/// archive through `audit_archived`, then the tail.
 ///
-/// Each tenant's entries are also numbered in the tenant's own sequence: the tenant index
-/// (`audit_by_tenant`) maps `t|tenant seq` to the chain's seq (u64). Vaults written before
-/// that keyed the index by the chain's seq with an empty value; a tenant's index is
-/// rewritten in place the first time the tenant's log is appended to or read.
+/// Each tenant's entries are also numbered in the tenant's own sequence: `audit_by_tenant` maps
+/// `t|tenant seq` to the chain's seq (u64), and `t` alone to the tenant's count. Vaults written
+/// before that keyed the index by the chain's seq with an empty value; they are renumbered at
+/// open (`AuditArchive.prepare`).
 enum AuditLog {
     static let headKey = Array("audit_head".utf8)
+    /// `meta` row: the chain seq (u64) through which entries are in the archive.
+    static let archivedKey = Array("audit_archived".utf8)
 
     /// Where an appended entry sits: the new head of the chain and, for a tenant's entry, its
     /// number in the tenant's own sequence (what the tenant is shown).
@@ -161,9 +167,12 @@ enum AuditLog {
         var reference: String? = nil
     }
 
+    /// Appends `event` in the operation's transactions (`ks` the keystore's, `rec` the record
+    /// store's, read for the archived subtrees the new leaves complete).
     @discardableResult
-    static func append(_ event: Event, in txn: borrowing Transaction, dbs: KeystoreDatabases,
+    static func append(_ event: Event, in ks: borrowing Transaction, _ rec: borrowing Transaction, dbs: KeystoreDatabases,
                        context: OperationContext) throws -> Appended {
+        let audit = context.audit
         let seq = context.auditHead.seq + 1
         // Read once: the clock moves, and the entry and its leaves must carry the same time.
         let at = context.now
@@ -173,88 +182,95 @@ enum AuditLog {
             nonce: Random.bytes(count: AuditEntry.nonceCount))
         let prev = context.auditHead.hash
         let hash = KeyedHash.hash(prev + canonical, outputCount: 32)
-        try txn.put(canonical + prev + hash, forKey: Layout.auditKey(seq), in: dbs.audit, flags: .append)
+        try ks.put(canonical + prev + hash, forKey: Layout.auditKey(seq), in: audit.entries, flags: .append)
         var tenantSeq: UInt64?
         if let t = event.tenant {
-            let local = try lastTenantSeq(t.number, in: txn, dbs: dbs) + 1
-            try txn.put(.be(seq), forKey: Layout.auditByTenantKey(t.number, local), in: dbs.auditByTenant)
+            let local = try tenantCount(t.number, in: ks, dbs: dbs) + 1
+            try ks.put(.be(seq), forKey: Layout.auditByTenantKey(t.number, local), in: audit.byTenant)
+            try ks.put(.be(local), forKey: Layout.auditCountKey(t.number), in: audit.byTenant)
             tenantSeq = local
         }
         // The transparency logs: the operator's view of the entry, and the tenant's.
         try AuditTree.append(leaf: AuditEntry.leaf(seq: seq, at: at, tenant: event.tenant?.slug, actor: event.actor.id,
                                                    action: event.action, target: nil, outcome: event.outcome,
                                                    count: event.count, reference: nil, hash: hash),
-                             index: seq - 1, log: AuditTree.operatorLog, in: txn, db: dbs.auditTree)
+                             index: seq - 1, log: AuditTree.operatorLog, in: ks, rec, audit: audit)
         if let t = event.tenant, let tenantSeq {
             try AuditTree.append(leaf: AuditEntry.leaf(seq: tenantSeq, at: at, tenant: t.slug, actor: event.actor.id,
                                                        action: event.action, target: event.target, outcome: event.outcome,
                                                        count: event.count, reference: event.reference, hash: hash),
-                                 index: tenantSeq - 1, log: t.number, in: txn, db: dbs.auditTree)
+                                 index: tenantSeq - 1, log: t.number, in: ks, rec, audit: audit)
         }
         let head = AuditHead(seq: seq, hash: hash)
         // The head anchors the tail: deleting the newest entries is detected too.
-        try txn.put(head.encode(), forKey: headKey, in: dbs.meta)
+        try ks.put(head.encode(), forKey: headKey, in: dbs.meta)
         context.auditHead = head
         return Appended(head: head, tenantSeq: tenantSeq)
     }
 
-    /// The tenant's last own sequence number (0 before its first entry). Rewrites an index
-    /// written before tenant-local numbering first (`txn` must be a write transaction then).
-    static func lastTenantSeq(_ t: UInt32, in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> UInt64 {
-        var last: (local: UInt64, legacy: Bool)?
-        try txn.forEachReversed(in: dbs.auditByTenant, prefix: Layout.tenantKey(t)) { k, v in
-            guard k.count == 12, v.count == 8 || v.isEmpty else {
-                throw VaultError.corrupt("audit tenant index: entry of \(k.count) + \(v.count) bytes")
-            }
-            last = (readBE(k, at: 4), v.isEmpty)
-            return .stop
+    /// The number of the tenant's own entries (0 before its first).
+    static func tenantCount(_ t: UInt32, in ks: borrowing Transaction, dbs: KeystoreDatabases) throws -> UInt64 {
+        try ks.withValue(forKey: Layout.auditCountKey(t), in: dbs.auditByTenant) { b in
+            guard let b else { return 0 }
+            guard b.count == 8 else { throw VaultError.corrupt("audit count of tenant \(t): \(b.count) bytes") }
+            return readBE(b, at: 0)
         }
-        guard let last else { return 0 }
-        return last.legacy ? try renumberLegacyIndex(t, in: txn, dbs: dbs) : last.local
     }
 
-    /// Rewrites a tenant's index from `t|chain seq → ""` to `t|tenant seq → chain seq`, in
-    /// chain order, and answers the number of entries. In place and in chunks: the i-th entry's
-    /// chain seq is at least i, so a new key never lands on an old key still to be moved.
-    private static func renumberLegacyIndex(_ t: UInt32, in txn: borrowing Transaction,
-                                            dbs: KeystoreDatabases) throws -> UInt64 {
-        var local: UInt64 = 0
-        var from = Layout.tenantKey(t)
-        while true {
-            var chunk: [UInt64] = []
-            try txn.forEach(in: dbs.auditByTenant, from: from, prefix: Layout.tenantKey(t)) { k, v in
-                guard k.count == 12, v.isEmpty else {
-                    throw VaultError.corrupt("audit tenant index of tenant \(t) mixes old and new entries")
-                }
-                chunk.append(readBE(k, at: 4))
-                return chunk.count < 4096 ? .continue : .stop
-            }
-            guard let lastSeq = chunk.last else { return local }
-            for seq in chunk {
-                local += 1
-                _ = try txn.delete(key: Layout.auditByTenantKey(t, seq), in: dbs.auditByTenant)
-                try txn.put(.be(seq), forKey: Layout.auditByTenantKey(t, local), in: dbs.auditByTenant)
-            }
-            guard lastSeq < UInt64.max else { return local }
-            from = Layout.auditByTenantKey(t, lastSeq + 1)
+    /// The chain seq through which entries are in the archive (0: none).
+    static func archived(in ks: borrowing Transaction, dbs: KeystoreDatabases) throws -> UInt64 {
+        try ks.withValue(forKey: archivedKey, in: dbs.meta) { b in
+            guard let b else { return 0 }
+            guard b.count == 8 else { throw VaultError.corrupt("audit archive mark: \(b.count) bytes") }
+            return readBE(b, at: 0)
         }
+    }
+
+    /// Visits the stored entries in chain order from seq `from`: the archive's through the mark,
+    /// then the tail's (each row as stored, so verification sees a damaged key too). The
+    /// archive's rows past the mark, and the tail's before it, are the two copies a move
+    /// interrupted between its two commits leaves: the other copy is visited.
+    static func forEachEntry(from: UInt64, in ks: borrowing Transaction, _ rec: borrowing Transaction, dbs: KeystoreDatabases,
+                             audit: AuditDatabases,
+                             _ body: (_ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) throws -> IterationControl) throws {
+        let archived = try archived(in: ks, dbs: dbs)
+        var stopped = false
+        if from <= archived {
+            try rec.forEach(in: audit.archivedEntries, from: Layout.auditKey(from)) { k, v in
+                if k.count == 8, readBE(k, at: 0, as: UInt64.self) > archived { return .stop }
+                if try body(k, v) == .stop { stopped = true }
+                return stopped ? .stop : .continue
+            }
+        }
+        guard !stopped else { return }
+        try ks.forEach(in: audit.entries, from: Layout.auditKey(max(from, archived + 1))) { k, v in try body(k, v) }
     }
 
     /// A tenant's own entries after its own sequence number `after`, at most `limit`,
     /// numbered in its own sequence, without `prev`.
-    static func tenantEntries(_ t: UInt32, after: UInt64, limit: Int, in txn: borrowing Transaction,
-                              dbs: KeystoreDatabases) throws -> [AuditEntry] {
-        guard limit > 0, after < UInt64.max else { return [] }
-        _ = try lastTenantSeq(t, in: txn, dbs: dbs)  // renumbers a legacy index first
+    static func tenantEntries(_ t: UInt32, after: UInt64, limit: Int, in ks: borrowing Transaction,
+                              _ rec: borrowing Transaction, dbs: KeystoreDatabases,
+                              audit: AuditDatabases) throws -> [AuditEntry] {
+        let count = try tenantCount(t, in: ks, dbs: dbs)
+        guard limit > 0, after < count else { return [] }
+        let archived = try archived(in: ks, dbs: dbs)
         var positions: [(local: UInt64, seq: UInt64)] = []
-        try txn.forEach(in: dbs.auditByTenant, from: Layout.auditByTenantKey(t, after + 1), prefix: Layout.tenantKey(t)) { k, v in
+        func visit(_ k: UnsafeRawBufferPointer, _ v: UnsafeRawBufferPointer) throws -> IterationControl {
             guard k.count == 12, v.count == 8 else { throw VaultError.corrupt("audit tenant index: entry of \(k.count) + \(v.count) bytes") }
-            positions.append((readBE(k, at: 4), readBE(v, at: 0)))
+            let local: UInt64 = readBE(k, at: 4)
+            guard local <= count else { return .stop }
+            if let last = positions.last, local <= last.local { return .continue }  // the copy of an interrupted move
+            positions.append((local, readBE(v, at: 0)))
             return positions.count < limit ? .continue : .stop
+        }
+        try rec.forEach(in: audit.archivedByTenant, from: Layout.auditByTenantKey(t, after + 1), prefix: Layout.tenantKey(t), visit)
+        if positions.count < limit {
+            let from = max(after, positions.last?.local ?? 0) + 1
+            try ks.forEach(in: audit.byTenant, from: Layout.auditByTenantKey(t, from), prefix: Layout.tenantKey(t), visit)
         }
         // An entry missing from the log (verification names it) leaves a gap in the numbering.
         return try positions.compactMap { p in
-            try entry(seq: p.seq, in: txn, dbs: dbs).map { e in
+            try entry(seq: p.seq, archived: archived, in: ks, rec, audit: audit).map { e in
                 AuditEntry(seq: p.local, at: e.at, tenant: e.tenant, actor: e.actor, action: e.action,
                            target: e.target, outcome: e.outcome, count: e.count, reference: e.reference,
                            prev: [], hash: e.hash)
@@ -263,11 +279,11 @@ enum AuditLog {
     }
 
     /// Every entry after the chain's `after`, at most `limit`, without targets or references.
-    static func chainEntries(after: UInt64, limit: Int, in txn: borrowing Transaction,
-                             dbs: KeystoreDatabases) throws -> [AuditEntry] {
+    static func chainEntries(after: UInt64, limit: Int, in ks: borrowing Transaction, _ rec: borrowing Transaction,
+                             dbs: KeystoreDatabases, audit: AuditDatabases) throws -> [AuditEntry] {
         var out: [AuditEntry] = []
         guard limit > 0, after < UInt64.max else { return out }
-        try txn.forEach(in: dbs.audit, from: Layout.auditKey(after + 1)) { _, v in
+        try forEachEntry(from: after + 1, in: ks, rec, dbs: dbs, audit: audit) { _, v in
             let e = try AuditEntry.decode(v).entry
             out.append(AuditEntry(seq: e.seq, at: e.at, tenant: e.tenant, actor: e.actor, action: e.action,
                                   target: nil, outcome: e.outcome, count: e.count, reference: nil,
@@ -284,12 +300,14 @@ enum AuditLog {
         }
     }
 
-    /// Recomputes every hash from the first entry; names the first entry that breaks.
-    static func verify(in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> AuditVerification {
+    /// Recomputes every hash from the first entry, archive and tail; names the first entry that
+    /// breaks.
+    static func verify(in ks: borrowing Transaction, _ rec: borrowing Transaction, dbs: KeystoreDatabases,
+                       audit: AuditDatabases) throws -> AuditVerification {
         var expected = AuditHead.genesis
         var broken: (UInt64, String)?
         var count: UInt64 = 0
-        try txn.forEach(in: dbs.audit) { key, value in
+        try forEachEntry(from: 1, in: ks, rec, dbs: dbs, audit: audit) { key, value in
             let keySeq: UInt64 = key.count == 8 ? readBE(key, at: 0) : 0
             let claimed = expected.seq + 1
             do {
@@ -309,7 +327,7 @@ enum AuditLog {
             return broken == nil ? .continue : .stop
         }
         if broken == nil {
-            let head = try self.head(in: txn, dbs: dbs)
+            let head = try self.head(in: ks, dbs: dbs)
             if head != expected {
                 broken = (min(head.seq, expected.seq) + 1, "log ends at \(expected.seq) but the recorded head is \(head.seq)")
             }
@@ -317,10 +335,12 @@ enum AuditLog {
         return AuditVerification(entries: count, firstBroken: broken?.0, reason: broken?.1)
     }
 
-    static func entry(seq: UInt64, in txn: borrowing Transaction, dbs: KeystoreDatabases) throws -> Optional<AuditEntry> {
-        try txn.withValue(forKey: Layout.auditKey(seq), in: dbs.audit) { b in
-            guard let b else { return nil }
-            return try AuditEntry.decode(b).entry
-        }
+    /// Entry `seq`, from the archive when it is archived (`archived` is the mark), else the tail.
+    static func entry(seq: UInt64, archived: UInt64, in ks: borrowing Transaction, _ rec: borrowing Transaction,
+                      audit: AuditDatabases) throws -> Optional<AuditEntry> {
+        func decode(_ b: UnsafeRawBufferPointer?) throws -> AuditEntry? { try b.map { try AuditEntry.decode($0).entry } }
+        return seq <= archived
+            ? try rec.withValue(forKey: Layout.auditKey(seq), in: audit.archivedEntries, decode)
+            : try ks.withValue(forKey: Layout.auditKey(seq), in: audit.entries, decode)
     }
 }

@@ -15,11 +15,14 @@ extension Vault {
     /// can be found in the chain and checked by whoever verifies it.
     public func auditEntries(tenant: TenantID?, after: UInt64, limit: Int) async throws -> [AuditEntry] {
         let limit = max(0, min(limit, 1000))
-        return try await perform { ks, _, context in
+        return try await perform { ks, rec, context in
             let dbs = self.writer.stores.ks
-            guard let tenant else { return try AuditLog.chainEntries(after: after, limit: limit, in: ks, dbs: dbs) }
+            guard let tenant else {
+                return try AuditLog.chainEntries(after: after, limit: limit, in: ks, rec, dbs: dbs, audit: context.audit)
+            }
             let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
-            return try AuditLog.tenantEntries(t.row.number, after: after, limit: limit, in: ks, dbs: dbs)
+            return try AuditLog.tenantEntries(t.row.number, after: after, limit: limit, in: ks, rec, dbs: dbs,
+                                              audit: context.audit)
         }
     }
 }

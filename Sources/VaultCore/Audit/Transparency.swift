@@ -35,15 +35,15 @@ extension Vault {
                      context: OperationContext) throws -> (log: UInt32, size: UInt64) {
         guard let tenant else { return (AuditTree.operatorLog, context.auditHead.seq) }
         let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs)
-        return (t.number, try AuditTree.size(t.number, in: ks, db: dbs.auditTree))
+        return (t.number, try AuditLog.tenantCount(t.number, in: ks, dbs: dbs))
     }
 
     /// A signed head of `tenant`'s log (nil: the operator's) at its current size.
     public func auditTreeHead(tenant: TenantID?) async throws -> SignedTreeHead {
-        let (log, size, root) = try await perform { ks, _, context in
+        let (log, size, root) = try await perform { ks, rec, context in
             let dbs = self.writer.stores.ks
             let (log, size) = try self.log(tenant, in: ks, dbs: dbs, context: context)
-            return (log, size, try AuditTree.root(log, size: size, in: ks, db: dbs.auditTree))
+            return (log, size, try AuditTree.root(log, size: size, in: ks, rec, audit: context.audit))
         }
         return auditHeads.head(log: log, tenant: tenant?.slug, size: size, root: root, now: configuration.clock.now())
     }
@@ -51,27 +51,27 @@ extension Vault {
     /// The inclusion proof of entry `seq` (the log's own numbering, from 1) in the tree of the
     /// log's first `size` entries.
     public func auditInclusionProof(tenant: TenantID?, seq: UInt64, size: UInt64) async throws -> AuditInclusionProof {
-        try await perform { ks, _, context in
+        try await perform { ks, rec, context in
             let dbs = self.writer.stores.ks
             let (log, current) = try self.log(tenant, in: ks, dbs: dbs, context: context)
             try Self.checkSize(size, current)
             guard seq >= 1, seq <= size else {
                 throw VaultError.refused("entry \(seq) is not in a tree of \(size) entries")
             }
-            let leaf = try AuditTree.subtree(log, 0, seq - 1, in: ks, db: dbs.auditTree)
-            let path = try AuditTree.inclusionProof(log, index: seq - 1, size: size, in: ks, db: dbs.auditTree)
+            let leaf = try AuditTree.subtree(log, 0, seq - 1, in: ks, rec, audit: context.audit)
+            let path = try AuditTree.inclusionProof(log, index: seq - 1, size: size, in: ks, rec, audit: context.audit)
             return AuditInclusionProof(leafHash: leaf, path: path)
         }
     }
 
     /// The consistency proof from the log's first `from` entries to its first `to`.
     public func auditConsistencyProof(tenant: TenantID?, from: UInt64, to: UInt64) async throws -> [[UInt8]] {
-        try await perform { ks, _, context in
+        try await perform { ks, rec, context in
             let dbs = self.writer.stores.ks
             let (log, current) = try self.log(tenant, in: ks, dbs: dbs, context: context)
             try Self.checkSize(to, current)
             guard from <= to else { throw VaultError.refused("\"from\" (\(from)) is beyond \"to\" (\(to))") }
-            return try AuditTree.consistencyProof(log, from: from, to: to, in: ks, db: dbs.auditTree)
+            return try AuditTree.consistencyProof(log, from: from, to: to, in: ks, rec, audit: context.audit)
         }
     }
 

@@ -23,7 +23,7 @@ extension Vault {
         if let reference, reference.utf8.count > 200 {
             throw VaultError.invalidArgument("reference must be at most 200 bytes")
         }
-        return try await perform { ks, _, context in
+        return try await perform { ks, rec, context in
             let dbs = self.writer.stores.ks
             let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             let tag = try t.tag(of: subject, root: try t.rootKey(context))
@@ -45,12 +45,12 @@ extension Vault {
             }
             if held {
                 event.outcome = "refused:legal_hold"
-                try AuditLog.append(event, in: ks, dbs: dbs, context: context)
+                try AuditLog.append(event, in: ks, rec, dbs: dbs, context: context)
                 throw AuditedRefusal(error: .legalHold("a legal hold covers this subject; nothing was erased"))
             }
             for (id, m) in metas { try t.destroy(id, m, in: ks, dbs: dbs, context: context) }
             event.count = UInt64(metas.count)
-            let appended = try AuditLog.append(event, in: ks, dbs: dbs, context: context)
+            let appended = try AuditLog.append(event, in: ks, rec, dbs: dbs, context: context)
             return ErasureReceipt(tenant: t.slug, subjectTag: tag.hex, erased: metas.count, at: context.now,
                                   auditSeq: appended.tenantSeq ?? 0, auditHash: appended.head.hash.hex)
         }

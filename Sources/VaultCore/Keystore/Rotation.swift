@@ -234,7 +234,7 @@ final class Rotation: @unchecked Sendable {
         try state.masterKeyFile.write(key: newMaster.bytes, generation: generation, to: state.masterKeyFile.nextPath)
         try fault(.rotationNextKeyWritten, context)
 
-        try stores.write(carrying: (newMaster, generation)) { txn, _ in
+        try stores.write(carrying: (newMaster, generation)) { txn, rec in
             for t in try tenants(in: txn, dbs: dbs) {
                 let root: Key
                 do {
@@ -288,7 +288,7 @@ final class Rotation: @unchecked Sendable {
                             forKey: Vault.metaTokenKey, in: dbs.meta)
             }
             try AuditLog.append(.init(tenant: nil, actor: actor, action: "rotate", target: nil,
-                                      count: UInt64(summary.recordsRewrapped)), in: txn, dbs: dbs, context: context)
+                                      count: UInt64(summary.recordsRewrapped)), in: txn, rec, dbs: dbs, context: context)
         }
         // Committed: from here the keystore is wrapped under the new generation.
         context.adoptCommitted()

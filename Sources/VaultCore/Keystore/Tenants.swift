@@ -110,7 +110,7 @@ extension Vault {
     /// blinding key wrapped under the root key. 409-style `tenantExists` if the slug was
     /// ever used (an offboarded tenant's slug stays reserved).
     public func createTenant(_ id: TenantID, actor: Actor) async throws -> TenantInfo {
-        try await perform { txn, _, context in
+        try await perform { txn, rec, context in
             let dbs = self.writer.stores.ks
             let slugKey = Array(id.slug.utf8)
             guard try !txn.contains(key: slugKey, in: dbs.tenants) else { throw VaultError.tenantExists(id.slug) }
@@ -131,7 +131,7 @@ extension Vault {
             try txn.put(row.encode(), forKey: slugKey, in: dbs.tenants)
             try txn.put(RetentionPolicy.standard.encode(), forKey: Layout.tenantKey(number), in: dbs.policies)
             try AuditLog.append(.init(tenant: (id.slug, number), actor: actor, action: "tenant.create",
-                                      target: "tenant:\(id.slug)"), in: txn, dbs: dbs, context: context)
+                                      target: "tenant:\(id.slug)"), in: txn, rec, dbs: dbs, context: context)
             return TenantInfo(id: id.slug, createdAt: row.createdAt, offboarded: false)
         }
     }
@@ -153,7 +153,7 @@ extension Vault {
     /// transaction, so every record of the tenant is unreadable at once. The sweeper then
     /// removes its entries and ciphertexts in batches.
     public func offboardTenant(_ id: TenantID, actor: Actor) async throws {
-        let revoked: [String] = try await perform { txn, _, context in
+        let revoked: [String] = try await perform { txn, rec, context in
             let dbs = self.writer.stores.ks
             let tenant = try ResolvedTenant.load(id, in: txn, dbs: dbs, cache: context.keyCache)
             var row = tenant.row
@@ -183,7 +183,7 @@ extension Vault {
             }
             try AuditLog.append(.init(tenant: tenant.auditTenant, actor: actor, action: "tenant.offboard",
                                       target: "tenant:\(id.slug)", count: UInt64(buckets.count)),
-                                in: txn, dbs: dbs, context: context)
+                                in: txn, rec, dbs: dbs, context: context)
             return tokens.map(\.1.id)
         }
         for token in revoked { tokens.remove(id: token) }

@@ -267,7 +267,7 @@ extension Vault {
             throw VaultError.invalidArgument(role == .operator ? "an operator token belongs to no tenant" : "an \(role.rawValue) token needs a tenant")
         }
         guard (1...100).contains(name.utf8.count) else { throw VaultError.invalidArgument("name must be 1 to 100 bytes") }
-        let issued: (IssuedToken, [UInt8]) = try await perform { ks, _, context in
+        let issued: (IssuedToken, [UInt8]) = try await perform { ks, rec, context in
             let dbs = self.writer.stores.ks
             var auditTenant: (slug: String, number: UInt32)? = nil
             if let tenant {
@@ -290,7 +290,7 @@ extension Vault {
                        flags: .noOverwrite)
             try ks.put(hash, forKey: [UInt8(ascii: "i")] + Array(info.id.utf8), in: dbs.tokens)
             try AuditLog.append(.init(tenant: auditTenant, actor: actor, action: "token.issue", target: "token:\(info.id)"),
-                                in: ks, dbs: dbs, context: context)
+                                in: ks, rec, dbs: dbs, context: context)
             return (IssuedToken(info: info, secret: secret), hash)
         }
         tokens.add(hash: issued.1, info: issued.0.info)
@@ -301,7 +301,7 @@ extension Vault {
     /// (refused at open) is revoked by deleting its row; a token index entry that leads to
     /// another token's authentic row is refused as an integrity error, and nothing changes.
     public func revokeToken(id: String, actor: Actor) async throws {
-        try await perform { ks, _, context in
+        try await perform { ks, rec, context in
             let dbs = self.writer.stores.ks
             let rowLocation = [UInt8(ascii: "h")] + (try ks.value(forKey: [UInt8(ascii: "i")] + Array(id.utf8), in: dbs.tokens) ?? [])
             guard rowLocation.count > 1, let row = try ks.value(forKey: rowLocation, in: dbs.tokens) else { throw VaultError.notFound }
@@ -314,7 +314,7 @@ extension Vault {
                 // revocation is audited without a tenant.
                 try ks.delete(key: rowLocation, in: dbs.tokens)
                 try AuditLog.append(.init(tenant: nil, actor: actor, action: "token.revoke", target: "token:\(id)"),
-                                    in: ks, dbs: dbs, context: context)
+                                    in: ks, rec, dbs: dbs, context: context)
                 return
             }
             guard stored.id == id else {
@@ -330,7 +330,7 @@ extension Vault {
                 auditTenant = (slug, row.number)
             }
             try AuditLog.append(.init(tenant: auditTenant, actor: actor, action: "token.revoke", target: "token:\(id)"),
-                                in: ks, dbs: dbs, context: context)
+                                in: ks, rec, dbs: dbs, context: context)
         }
         tokens.remove(id: id)
     }

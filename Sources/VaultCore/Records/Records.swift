@@ -319,7 +319,7 @@ extension Vault {
         try ks.put([], forKey: Layout.subjectKey(t.number, m.tag, id), in: dbs.subjects)
         try ks.put([], forKey: Layout.byBucketKey(t.number, m.bucket, id), in: dbs.byBucket)
         try AuditLog.append(.init(tenant: t.auditTenant, actor: actor, action: "record.write", target: "record:\(id)"),
-                            in: ks, dbs: dbs, context: context)
+                            in: ks, rec, dbs: dbs, context: context)
         return RecordReceipt(id: id, createdAt: now, expiresAt: expiresAt, version: 1)
     }
 
@@ -332,7 +332,7 @@ extension Vault {
             var event = AuditLog.Event(tenant: t.auditTenant, actor: actor, action: "record.read", target: "record:\(id)")
             guard let m = try t.live(id, now: context.now, in: ks, dbs: dbs) else {
                 event.outcome = "not_found"
-                try AuditLog.append(event, in: ks, dbs: dbs, context: context)
+                try AuditLog.append(event, in: ks, rec, dbs: dbs, context: context)
                 throw AuditedRefusal(error: .notFound)
             }
             // Only the sweep destroys a bucket key, once every record under it has expired:
@@ -340,7 +340,7 @@ extension Vault {
             guard let opened = try t.open(id, m, root: try t.rootKey(context), keystore: ks, records: rec, dbs: dbs,
                                           ciphertexts: self.writer.stores.rec)
             else { throw VaultError.integrity("record \(id): its bucket key is gone while the record is live") }
-            try AuditLog.append(event, in: ks, dbs: dbs, context: context)
+            try AuditLog.append(event, in: ks, rec, dbs: dbs, context: context)
             return opened
         }
     }
@@ -352,7 +352,7 @@ extension Vault {
             let dbs = self.writer.stores.ks
             let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             let event = AuditLog.Event(tenant: t.auditTenant, actor: actor, action: "record.correct", target: "record:\(id)")
-            let old = try t.changeable(id, event: event, in: ks, dbs: dbs, context: context)
+            let old = try t.changeable(id, event: event, in: ks, rec, dbs: dbs, context: context)
             let root = try t.rootKey(context)
             guard let opened = try t.open(id, old, root: root, keystore: ks, records: rec, dbs: dbs,
                                           ciphertexts: self.writer.stores.rec)
@@ -363,20 +363,20 @@ extension Vault {
                         dbs: dbs, ciphertexts: self.writer.stores.rec)
             try t.markDirty(old.bucket, in: ks, dbs: dbs)
             context.ciphertextDeletes.append(Layout.ciphertextKey(t.number, id, old.version))
-            try AuditLog.append(event, in: ks, dbs: dbs, context: context)
+            try AuditLog.append(event, in: ks, rec, dbs: dbs, context: context)
             return RecordReceipt(id: id, createdAt: m.createdAt, expiresAt: m.expiresAt, version: m.version)
         }
     }
 
     /// Deletes a record (the client's instruction). Refused while a legal hold covers it.
     public func delete(_ id: RecordID, tenant: TenantID, actor: Actor) async throws {
-        try await perform { ks, _, context in
+        try await perform { ks, rec, context in
             let dbs = self.writer.stores.ks
             let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             let event = AuditLog.Event(tenant: t.auditTenant, actor: actor, action: "record.delete", target: "record:\(id)")
-            let m = try t.changeable(id, event: event, in: ks, dbs: dbs, context: context)
+            let m = try t.changeable(id, event: event, in: ks, rec, dbs: dbs, context: context)
             try t.destroy(id, m, in: ks, dbs: dbs, context: context)
-            try AuditLog.append(event, in: ks, dbs: dbs, context: context)
+            try AuditLog.append(event, in: ks, rec, dbs: dbs, context: context)
         }
     }
 
@@ -401,7 +401,7 @@ extension Vault {
             }
             try AuditLog.append(.init(tenant: t.auditTenant, actor: actor, action: export ? "subject.export" : "subject.list",
                                       target: "subject:\(tag.hex)", count: UInt64(out.count)),
-                                in: ks, dbs: dbs, context: context)
+                                in: ks, rec, dbs: dbs, context: context)
             return out
         }
     }
@@ -411,17 +411,17 @@ extension ResolvedTenant {
     /// The metadata of a record about to be changed (corrected, deleted). An unknown or
     /// expired record, or one a legal hold covers, is refused, and the refusal is audited
     /// under `event`.
-    func changeable(_ id: RecordID, event: AuditLog.Event, in ks: borrowing Transaction, dbs: KeystoreDatabases,
-                    context: OperationContext) throws -> RecordMeta {
+    func changeable(_ id: RecordID, event: AuditLog.Event, in ks: borrowing Transaction, _ rec: borrowing Transaction,
+                    dbs: KeystoreDatabases, context: OperationContext) throws -> RecordMeta {
         var refusal = event
         guard let m = try live(id, now: context.now, in: ks, dbs: dbs) else {
             refusal.outcome = "not_found"
-            try AuditLog.append(refusal, in: ks, dbs: dbs, context: context)
+            try AuditLog.append(refusal, in: ks, rec, dbs: dbs, context: context)
             throw AuditedRefusal(error: .notFound)
         }
         if try isHeld(id, tag: m.tag, expiresAt: m.expiresAt, in: ks, dbs: dbs) {
             refusal.outcome = "refused:legal_hold"
-            try AuditLog.append(refusal, in: ks, dbs: dbs, context: context)
+            try AuditLog.append(refusal, in: ks, rec, dbs: dbs, context: context)
             throw AuditedRefusal(error: .legalHold("record \(id) is under a legal hold"))
         }
         return m

@@ -61,7 +61,7 @@ extension Vault {
         guard reason.utf8.count <= 1000, reference.utf8.count <= 200 else {
             throw VaultError.invalidArgument("reason must be at most 1000 bytes and reference at most 200")
         }
-        return try await perform { ks, _, context in
+        return try await perform { ks, rec, context in
             let dbs = self.writer.stores.ks
             let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             let root = try t.rootKey(context)
@@ -97,7 +97,7 @@ extension Vault {
                        forKey: heldKey, in: dbs.heldTargets)
             // The reference stays sealed with the hold: the audit entry names the hold only.
             try AuditLog.append(.init(tenant: t.auditTenant, actor: actor, action: "hold.add", target: "hold:\(id)"),
-                                in: ks, dbs: dbs, context: context)
+                                in: ks, rec, dbs: dbs, context: context)
             return LegalHold(id: id.description, target: publicTarget, reason: reason, reference: reference, createdAt: now)
         }
     }
@@ -144,7 +144,7 @@ extension Vault {
     /// Removes a hold. Records it kept past their expiry expire at the next sweep.
     public func removeHold(_ id: String, tenant: TenantID, actor: Actor) async throws {
         guard let rid = RecordID(id) else { throw VaultError.notFound }
-        try await perform { ks, _, context in
+        try await perform { ks, rec, context in
             let dbs = self.writer.stores.ks
             let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             let key = Layout.tenantKey(t.number) + rid.bytes
@@ -170,7 +170,7 @@ extension Vault {
                 try ks.delete(key: heldKey, in: dbs.heldTargets)
             }
             try AuditLog.append(.init(tenant: t.auditTenant, actor: actor, action: "hold.remove", target: "hold:\(rid)"),
-                                in: ks, dbs: dbs, context: context)
+                                in: ks, rec, dbs: dbs, context: context)
         }
     }
 }

@@ -28,7 +28,7 @@ public struct VaultStatistics: Sendable, Equatable {
 
 extension Vault {
     public func report(tenant: TenantID, actor: Actor) async throws -> TenantReport {
-        try await perform { ks, _, context in
+        try await perform { ks, rec, context in
             let dbs = self.writer.stores.ks
             let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             let now = context.now
@@ -55,7 +55,7 @@ extension Vault {
                 report.heldPastExpiry += 1
             }
             try AuditLog.append(.init(tenant: t.auditTenant, actor: actor, action: "report", target: nil,
-                                      count: UInt64(report.records)), in: ks, dbs: dbs, context: context)
+                                      count: UInt64(report.records)), in: ks, rec, dbs: dbs, context: context)
             return report
         }
     }

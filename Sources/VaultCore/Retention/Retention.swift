@@ -68,7 +68,7 @@ extension Vault {
     /// Sets the tenant's policy. A value above P92D is refused unless an active extension
     /// contract covers it (for the default: every category without its own override).
     public func setRetentionPolicy(_ policy: RetentionPolicy, tenant: TenantID, actor: Actor) async throws -> RetentionPolicy {
-        try await perform { ks, _, context in
+        try await perform { ks, rec, context in
             let dbs = self.writer.stores.ks
             let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             let exts = try Retention.extensions(t, in: ks, dbs: dbs)
@@ -86,7 +86,7 @@ extension Vault {
             }
             try ks.put(policy.encode(), forKey: Layout.tenantKey(t.number), in: dbs.policies)
             try AuditLog.append(.init(tenant: t.auditTenant, actor: actor, action: "retention.set", target: nil),
-                                in: ks, dbs: dbs, context: context)
+                                in: ks, rec, dbs: dbs, context: context)
             return policy
         }
     }
@@ -100,7 +100,7 @@ extension Vault {
         }
         guard !categories.isEmpty else { throw VaultError.invalidArgument("categories must not be empty") }
         guard (1...200).contains(reference.utf8.count) else { throw VaultError.invalidArgument("reference must be 1 to 200 bytes") }
-        return try await perform { ks, _, context in
+        return try await perform { ks, rec, context in
             let dbs = self.writer.stores.ks
             let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             let now = context.now
@@ -114,7 +114,7 @@ extension Vault {
                                          createdAt: now, endedAt: nil)
             try ks.put(ext.encode(), forKey: Layout.tenantKey(t.number) + id.bytes, in: dbs.extensions)
             try AuditLog.append(.init(tenant: t.auditTenant, actor: actor, action: "extension.add",
-                                      target: "extension:\(id)", reference: reference), in: ks, dbs: dbs, context: context)
+                                      target: "extension:\(id)", reference: reference), in: ks, rec, dbs: dbs, context: context)
             return ext
         }
     }
@@ -122,7 +122,7 @@ extension Vault {
     /// Ends an extension contract now. Records already written keep their expiry.
     public func endRetentionExtension(_ id: String, tenant: TenantID, actor: Actor) async throws {
         guard let rid = RecordID(id) else { throw VaultError.notFound }
-        try await perform { ks, _, context in
+        try await perform { ks, rec, context in
             let dbs = self.writer.stores.ks
             let t = try ResolvedTenant.load(tenant, in: ks, dbs: dbs, cache: context.keyCache)
             let key = Layout.tenantKey(t.number) + rid.bytes
@@ -132,7 +132,7 @@ extension Vault {
             ext.endedAt = context.now
             try ks.put(ext.encode(), forKey: key, in: dbs.extensions)
             try AuditLog.append(.init(tenant: t.auditTenant, actor: actor, action: "extension.end",
-                                      target: "extension:\(rid)", reference: ext.reference), in: ks, dbs: dbs, context: context)
+                                      target: "extension:\(rid)", reference: ext.reference), in: ks, rec, dbs: dbs, context: context)
         }
     }
 }

@@ -51,10 +51,10 @@ struct Sweeper {
         try removeDeadEntries()
         try removeOrphans()
         summary.totalMilliseconds = elapsed()
-        try stores.write { txn, _ in
+        try stores.write { txn, rec in
             try AuditLog.append(.init(tenant: nil, actor: actor, action: "sweep", target: nil,
                                       count: UInt64(summary.entriesRemoved + summary.heldRecordsExpired)),
-                                in: txn, dbs: dbs, context: context)
+                                in: txn, rec, dbs: dbs, context: context)
         }
         context.adoptCommitted()
         return summary
@@ -74,7 +74,7 @@ struct Sweeper {
         let width = context.configuration.bucketWidthSeconds * 1000
         var destroyed = 0, rewrapped = 0, heldExpired = 0
         var deletes: [[UInt8]] = []
-        try stores.write { txn, _ in
+        try stores.write { txn, rec in
             for (slug, row) in try tenants(in: txn) where row.status == .active {
                 let t = ResolvedTenant(slug: slug, row: row)
                 let prefix = Layout.tenantKey(t.number)
@@ -122,7 +122,7 @@ struct Sweeper {
             }
             if destroyed > 0 || heldExpired > 0 {
                 try AuditLog.append(.init(tenant: nil, actor: actor, action: "sweep.destroy_keys", target: nil,
-                                          count: UInt64(destroyed)), in: txn, dbs: dbs, context: context)
+                                          count: UInt64(destroyed)), in: txn, rec, dbs: dbs, context: context)
             }
         }
         context.adoptCommitted()

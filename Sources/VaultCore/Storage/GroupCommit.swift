@@ -58,6 +58,10 @@ final class GroupCommitWriter: @unchecked Sendable {
     let state: WriterState
     let maxBatch: Int
 
+    /// Moves of the audit's tail that failed and were left to a later batch.
+    let auditMovesFailed = Atomic<Int>(0)
+    /// The audit head before which no move is tried again after one failed (writer thread only).
+    private var nextAuditMove: UInt64 = 0
     /// Batches committed and operations they carried (for metrics and tests).
     let batchesCommitted = Atomic<Int>(0)
     let operationsCommitted = Atomic<Int>(0)
@@ -162,7 +166,7 @@ final class GroupCommitWriter: @unchecked Sendable {
     }
 
     private func runExclusive(_ op: any ExclusiveOperation) {
-        let context = OperationContext(state: state)
+        let context = OperationContext(state: state, audit: stores.audit)
         do {
             try op.execute(stores, context: context)
             state.commit(context)
@@ -204,6 +208,26 @@ final class GroupCommitWriter: @unchecked Sendable {
         batchesCommitted.add(1, ordering: .relaxed)
         operationsCommitted.add(ops.count, ordering: .relaxed)
         for (i, op) in ops.enumerated() { op.finish(outcomes[i]) }
+        moveAuditTail()
+    }
+
+    /// Moves the audit's committed entries to the record store once the keystore's tail is
+    /// `auditTail` long: a write of its own, after the batch's callers are answered, so
+    /// that a move can never fail an operation. One that fails (the record store full, say) is
+    /// counted and tried again a tail later; the tail grows meanwhile.
+    private func moveAuditTail() {
+        let committed = state.auditHead.seq
+        let tail = state.configuration.auditTail
+        guard committed >= state.auditArchived + tail, committed >= nextAuditMove else { return }
+        let dbs = stores.ks, audit = stores.audit
+        do {
+            state.auditArchived = try stores.write { ks, rec in
+                try AuditArchive.move(through: committed, in: ks, rec, dbs: dbs, audit: audit)
+            }
+        } catch {
+            auditMovesFailed.add(1, ordering: .relaxed)
+            nextAuditMove = committed + tail
+        }
     }
 
     /// Runs the batch in one keystore and one record-store write transaction.
@@ -216,7 +240,7 @@ final class GroupCommitWriter: @unchecked Sendable {
     /// transaction it happens in — rolls back that operation alone; a failure of the
     /// commits themselves fails every operation, and nil is returned.
     private func attemptBatch(_ ops: [any BatchOperation], isolated: Bool) -> (OperationContext, [(any Error)?])? {
-        let context = OperationContext(state: state)
+        let context = OperationContext(state: state, audit: stores.audit)
         context.isolated = isolated
         var outcomes = [(any Error)?](repeating: nil, count: ops.count)
         let deletes = state.pendingCiphertextDeletes

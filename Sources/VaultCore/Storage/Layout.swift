@@ -10,7 +10,7 @@ enum Layout {
         meta, tenants, policies, extensions, holds, heldTargets, buckets, deadBuckets,
         records, subjects, byBucket, audit, auditByTenant, tokens, auditTree,
     ]
-    static let recordsDatabases = [ciphertexts]
+    static let recordsDatabases = [ciphertexts, audit, auditByTenant, auditTree]
 
     /// The one-byte code of each database in a journal's change sets (`ChangeLog`). Part of
     /// the journal format: never renumber; a new database takes a new code.
@@ -19,7 +19,7 @@ enum Layout {
         (deadBuckets, 8), (records, 9), (subjects, 10), (byBucket, 11), (audit, 12), (auditByTenant, 13), (tokens, 14),
         (auditTree, 15),
     ]
-    static let recordsCodes: [(String, UInt8)] = [(ciphertexts, 1)]
+    static let recordsCodes: [(String, UInt8)] = [(ciphertexts, 1), (audit, 2), (auditByTenant, 3), (auditTree, 4)]
 
     // keystore/
     static let meta = "meta"                    // name → value (format, master key generation and check, counters)
@@ -33,13 +33,17 @@ enum Layout {
     static let records = "records"              // t|id → RecordMeta (wrapped DEK inside)
     static let subjects = "subjects"            // t|tag(16)|id → ""
     static let byBucket = "bybucket"            // t|e|id → ""
+    // The audit's tail (AuditLog, AuditArchive): written with each operation, older rows moved to
+    // the record store's databases of the same names, the archive.
     static let audit = "audit"                  // seq → AuditEntry
-    static let auditByTenant = "audit_by_tenant" // t|tenant seq → chain seq (u64)
+    static let auditByTenant = "audit_by_tenant" // t|tenant seq → chain seq (u64); t → the tenant's entry count (u64)
     static let tokens = "tokens"                // token id → TokenRow (keyed hash only)
     static let auditTree = "audit_tree"         // log(u32: 0 operator, t tenant)|level(u8)|index(u64) → 32-byte hash (AuditTree)
 
     // records/
     static let ciphertexts = "ciphertexts"      // t|id|version → sealed record
+    // The audit's archive, keyed as in the keystore: entries through the keystore's
+    // `audit_archived` (meta), their numbering and every subtree whose last leaf is theirs.
 
     /// The per-tenant holding bucket: where held records are re-wrapped when their own bucket expires.
     static let holdingBucket = UInt64.max
@@ -53,6 +57,7 @@ enum Layout {
     static func subjectPrefix(_ t: UInt32, _ tag: [UInt8]) -> [UInt8] { .be(t) + tag }
     static func auditKey(_ seq: UInt64) -> [UInt8] { .be(seq) }
     static func auditByTenantKey(_ t: UInt32, _ seq: UInt64) -> [UInt8] { .be(t) + .be(seq) }
+    static func auditCountKey(_ t: UInt32) -> [UInt8] { .be(t) }
 }
 
 /// Reads the big-endian integer at `offset` of a key lent by LMDB.

@@ -10,19 +10,22 @@ final class WriterState: @unchecked Sendable {
     var masterKey: Key
     var masterGeneration: UInt64
     var auditHead: AuditHead
+    /// The chain seq through which audit entries are in the archive (AuditArchive).
+    var auditArchived: UInt64
     /// Ciphertexts whose wrapped DEKs are gone (committed); deleted in the next record-store txn.
     var pendingCiphertextDeletes: [[UInt8]] = []
     /// Unwrapped TRK/SBK/BK keys and the DEK scratch buffer.
     let keyCache: KeyCache
 
     init(configuration: VaultConfiguration, masterKeyFile: MasterKeyFile, masterKey: Key,
-         masterGeneration: UInt64, auditHead: AuditHead) throws {
+         masterGeneration: UInt64, auditHead: AuditHead, auditArchived: UInt64) throws {
         self.keyCache = try KeyCache()
         self.configuration = configuration
         self.masterKeyFile = masterKeyFile
         self.masterKey = masterKey
         self.masterGeneration = masterGeneration
         self.auditHead = auditHead
+        self.auditArchived = auditArchived
     }
 
     var now: Int64 { configuration.clock.now() }
@@ -46,6 +49,8 @@ final class WriterState: @unchecked Sendable {
 /// What one batch (or exclusive operation) accumulates before commit.
 final class OperationContext {
     unowned let state: WriterState
+    /// The audit's databases, in the record store.
+    let audit: AuditDatabases
     var auditHead: AuditHead
     var ciphertextDeletes: [[UInt8]] = []
     /// Set by an operation that destroys keys (offboarding): the cache is wiped at commit.
@@ -54,8 +59,9 @@ final class OperationContext {
     /// failed fast attempt): an operation may then nest further to fail parts of itself alone.
     var isolated = false
 
-    init(state: WriterState) {
+    init(state: WriterState, audit: AuditDatabases) {
         self.state = state
+        self.audit = audit
         self.auditHead = state.auditHead
     }
 
