@@ -63,6 +63,12 @@ extension VaultServer {
                     defer { server.auditStreams.leave() }
                     let stop = StopFlag(), done = StopFlag()
                     defer { done.set() }
+                    // A client that goes away ends its stream now, not at its next entry (which
+                    // may never come): its place under the cap is free again.
+                    channel.closeFuture.whenComplete { _ in
+                        stop.set()
+                        feed.nudge()
+                    }
                     try await withGracefulShutdownHandler {
                         try await server.follow(request, owner: owner, after: after, first: first, seen: seen,
                                                 stop: stop, into: &writer)
