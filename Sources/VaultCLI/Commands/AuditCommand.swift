@@ -1,12 +1,12 @@
 import ArgumentParser
 import VaultClient
 
-/// `shredvault audit tail|verify`.
+/// `shredvault audit tail|follow|verify`.
 struct AuditCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "audit",
         abstract: "Read and verify the tamper-evident audit log.",
-        subcommands: [Tail.self, Verify.self])
+        subcommands: [Tail.self, Follow.self, Verify.self])
 
     struct Tail: ParsableCommand {
         static let configuration = CommandConfiguration(
