@@ -1,3 +1,11 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// A response read as it arrives, one line at a time: an NDJSON stream such as
 /// `GET /v1/audit/stream`, which stays open while the daemon runs.
 ///
@@ -50,6 +58,12 @@ public final class HTTPLineStream {
             // An error answer has a length; a body without either runs to the end of the connection.
             lengthLeft = framing.contentLength
         }
+    }
+
+    /// Shuts the connection down: a ``nextLine()`` blocked on another thread returns (with a
+    /// ``ClientError/Code/closed`` error or nil) and the daemon sees the stream closed.
+    public func close() {
+        _ = shutdown(wire.socket.fd, Int32(SHUT_RDWR))
     }
 
     /// The value of the first header field called `name` (ASCII case-insensitive).
