@@ -39,9 +39,24 @@ import Glibc
             return try raw.map { try #require(try JSONSerialization.jsonObject(with: Data($0)) as? [String: Any]) }
         }
 
-        /// What follows until the end of the body (nil: it ended cleanly), within `seconds`.
+        /// The rest of an error answer, read on a Dispatch thread.
+        func rest() async throws -> [UInt8] {
+            try await withCheckedThrowingContinuation { c in
+                DispatchQueue.global().async { [self] in
+                    do { c.resume(returning: try stream.readRest()) } catch { c.resume(throwing: error) }
+                }
+            }
+        }
+
+        /// How many lines follow until the body ends cleanly; a failure when it breaks, or has
+        /// not ended within `seconds` (the stream is closed then).
         func end(within seconds: Double) async -> Result<Int, ClientError> {
-            await withCheckedContinuation { c in
+            let done = DoneFlag()
+            DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { [self] in
+                if !done.isSet { stream.close() }
+            }
+            defer { done.set() }
+            return await withCheckedContinuation { c in
                 DispatchQueue.global().async { [self] in
                     var n = 0
                     do throws(ClientError) {
@@ -61,6 +76,16 @@ import Glibc
         private var value = false
         var isSet: Bool { lock.withLock { value } }
         func set() { lock.withLock { value = true } }
+    }
+
+    /// Opens a stream on a Dispatch thread: the blocking client must not hold one of the
+    /// cooperative pool's threads (two on two cores), which the daemon in process needs.
+    static func open(_ client: VaultHTTPClient, _ path: String) async throws -> Reader {
+        try await withCheckedThrowingContinuation { c in
+            DispatchQueue.global().async {
+                do { c.resume(returning: Reader(try client.openStream(path))) } catch { c.resume(throwing: error) }
+            }
+        }
     }
 
     /// A page of `GET path` as objects.
@@ -93,13 +118,13 @@ import Glibc
         // The backlog: exactly the tenant's page, in its numbering.
         let backlog = try await Self.page(acme.admin, "/v1/audit?after=0&limit=1000")
         #expect(backlog.count == 6, "tenant creation, two tokens, three writes")
-        let stream = Reader(try acme.admin.openStream("/v1/audit/stream"))
+        let stream = try await Self.open(acme.admin, "/v1/audit/stream")
         #expect(stream.stream.status == 200)
         #expect(stream.stream.header("content-type") == "application/x-ndjson")
         #expect(Self.same(try await stream.lines(6), backlog))
 
         // Live: another tenant's writes show nothing here; the tenant's own arrive in order.
-        let globexStream = Reader(try globex.admin.openStream("/v1/audit/stream?after=6"))
+        let globexStream = try await Self.open(globex.admin, "/v1/audit/stream?after=6")
         try await Self.write(globex.agent, 2)
         try await Self.write(acme.agent, 2)
         let live = try await stream.lines(2)
@@ -115,14 +140,14 @@ import Glibc
         #expect(next.first?["seq"] as? Int == 9 && next.first?["tenant"] as? String == "acme")
 
         // Resuming after N gives N+1 on, exactly.
-        let resumed = Reader(try acme.admin.openStream("/v1/audit/stream?after=3"))
+        let resumed = try await Self.open(acme.admin, "/v1/audit/stream?after=3")
         #expect(Self.same(try await resumed.lines(6), try await Self.page(acme.admin, "/v1/audit?after=3")))
         resumed.stream.close()
 
         // The operator's stream is the operator's page, then what follows.
         let chain = try await Self.page(h.operatorClient, "/v1/admin/audit?after=0&limit=1000")
         let from = try #require(chain.dropLast(2).last?["seq"] as? Int)
-        let op = Reader(try h.operatorClient.openStream("/v1/audit/stream?after=\(from)"))
+        let op = try await Self.open(h.operatorClient, "/v1/audit/stream?after=\(from)")
         #expect(Self.same(try await op.lines(2), Array(chain.suffix(2))))
         try await Self.write(globex.agent, 1)
         let opLive = try await op.lines(1)
@@ -145,7 +170,7 @@ import Glibc
             }
         }
         // At the cap, an empty stream opens (and sends nothing yet).
-        let atCap = Reader(try acme.admin.openStream("/v1/audit/stream?after=9223372036854775807"))
+        let atCap = try await Self.open(acme.admin, "/v1/audit/stream?after=9223372036854775807")
         #expect(atCap.stream.status == 200)
         atCap.stream.close()
     }
@@ -154,24 +179,45 @@ import Glibc
         let h = try await ServerHarness.start(configure: { $0.maxAuditStreams = 2 })
         defer { Task { await h.stop() } }
         let acme = try await h.tenant("acme")
-        let a = Reader(try acme.admin.openStream("/v1/audit/stream"))
-        let b = Reader(try h.operatorClient.openStream("/v1/audit/stream"))
+        let a = try await Self.open(acme.admin, "/v1/audit/stream")
+        let b = try await Self.open(h.operatorClient, "/v1/audit/stream")
         #expect(a.stream.status == 200 && b.stream.status == 200)
-        let refused = try acme.admin.openStream("/v1/audit/stream")
-        #expect(refused.status == 503 && refused.header("retry-after") == "5")
-        let problem = try JSONSerialization.jsonObject(with: Data(try refused.readRest())) as? [String: Any]
+        let refused = try await Self.open(acme.admin, "/v1/audit/stream")
+        #expect(refused.stream.status == 503 && refused.stream.header("retry-after") == "5")
+        let problem = try JSONSerialization.jsonObject(with: Data(try await refused.rest())) as? [String: Any]
         #expect(problem?["type"] as? String == "/problems/unavailable")
         // Nothing is written to a's tenant meanwhile: the daemon notices the close itself.
         a.stream.close()
-        var reopened: HTTPLineStream?
+        var reopened: Reader?
         for _ in 0..<100 {
-            let s = try acme.admin.openStream("/v1/audit/stream")
-            if s.status == 200 { reopened = s; break }
+            let s = try await Self.open(acme.admin, "/v1/audit/stream")
+            if s.stream.status == 200 { reopened = s; break }
             try await Task.sleep(for: .milliseconds(50))
         }
         #expect(reopened != nil, "the closed stream's place was not freed")
-        reopened?.close()
+        reopened?.stream.close()
         b.stream.close()
+    }
+
+    @Test(.timeLimit(.minutes(1))) func aRevokedTokensStreamEndsAtTheNextCommit() async throws {
+        let h = try await ServerHarness.start()
+        defer { Task { await h.stop() } }
+        let acme = try await h.tenant("acme")
+        let issued = try await h.operatorClient.send("POST", "/v1/admin/tokens",
+                                                     body: json(["tenant": "acme", "role": "admin", "name": "soc"])).object()
+        let soc = h.client(Array(try #require(issued["token"] as? String).utf8))
+        let stream = try await Self.open(soc, "/v1/audit/stream")
+        #expect(try await stream.lines(4).count == 4)
+        let id = try #require(issued["id"] as? String)
+        #expect(try await h.operatorClient.send("DELETE", "/v1/admin/tokens/\(id)").status == 204)
+        try await Self.write(acme.agent, 1)
+        // The revocation's own entry may still go out; then the stream ends, cleanly.
+        guard case .success(let more) = await stream.end(within: 20) else {
+            Issue.record("the stream did not end cleanly")
+            return
+        }
+        #expect(more <= 1)
+        #expect(try await soc.send("GET", "/v1/audit/stream").status == 401)
     }
 
     // MARK: The real daemon
@@ -193,11 +239,11 @@ import Glibc
         try ShutdownTests.waitForSocket(socket, daemon)
         let op = VaultHTTPClient(endpoint: .unixSocket(path: socket), token: Array(token.utf8))
         #expect(try await op.send("POST", "/v1/admin/tenants", body: json(["id": "acme"])).status == 201)
-        let stream = Reader(try op.openStream("/v1/audit/stream"))
+        let stream = try await Self.open(op, "/v1/audit/stream")
         #expect(try await stream.lines(2).count == 2)
         // A second stream whose reader never reads: it must not hold the shutdown either.
-        let idle = try op.openStream("/v1/audit/stream")
-        #expect(idle.status == 200)
+        let idle = try await Self.open(op, "/v1/audit/stream")
+        #expect(idle.stream.status == 200)
 
         kill(daemon.processIdentifier, SIGTERM)
         let ended = await stream.end(within: 20)
@@ -205,7 +251,7 @@ import Glibc
         #expect(daemon.terminationStatus == 0)
         guard case .success(let more) = ended else { Issue.record("the stream did not end cleanly: \(ended)"); return }
         #expect(more == 0)
-        idle.close()
+        idle.stream.close()
     }
 
     @Test(.timeLimit(.minutes(3))) func auditFollowResumesAcrossARestartWithoutGapsOrDuplicates() async throws {
