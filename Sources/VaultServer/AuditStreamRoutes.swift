@@ -15,16 +15,32 @@ final class AuditStreams: Sendable {
 
     var count: Int { open.withLock { $0 } }
 
-    /// Takes a place; false when `limit` streams are open.
-    func enter() -> Bool {
-        open.withLock { n in
+    /// Takes a place; nil when `limit` streams are open.
+    func enter() -> Place? {
+        let taken = open.withLock { n in
             guard n < limit else { return false }
             n += 1
             return true
         }
+        return taken ? Place(self) : nil
     }
 
-    func leave() { open.withLock { $0 -= 1 } }
+    fileprivate func leave() { open.withLock { $0 -= 1 } }
+
+    /// A stream's place, given back once: when its body ends, or when the answer is dropped
+    /// without its body ever running (the client went before the head was written).
+    final class Place: Sendable {
+        private let streams: AuditStreams
+        private let given = Locked(false)
+
+        fileprivate init(_ streams: AuditStreams) { self.streams = streams }
+
+        func giveBack() {
+            if given.withLock({ g in defer { g = true }; return !g }) { streams.leave() }
+        }
+
+        deinit { giveBack() }
+    }
 }
 
 extension VaultServer {
@@ -50,17 +66,16 @@ extension VaultServer {
             // The first page is read before answering, so that a refusal is still a problem+json.
             let seen = feed.generation
             let first = try await self.vault.auditEntries(tenant: owner, after: after, limit: Self.streamPage)
-            guard self.auditStreams.enter() else {
+            guard let place = self.auditStreams.enter() else {
                 var p = Problem(.serviceUnavailable, "\(self.auditStreams.limit) audit streams are open; try again later")
                 p.extraHeaders[.retryAfter] = "5"
                 throw p
             }
-            let server = self
             let channel = context.channel
             return Response(
                 status: .ok, headers: [.contentType: "application/x-ndjson", .cacheControl: "no-store"],
-                body: ResponseBody { writer in
-                    defer { server.auditStreams.leave() }
+                body: ResponseBody { [self] writer in
+                    defer { place.giveBack() }
                     let stop = StopFlag(), done = StopFlag()
                     defer { done.set() }
                     // A client that goes away ends its stream now, not at its next entry (which
@@ -70,7 +85,7 @@ extension VaultServer {
                         feed.nudge()
                     }
                     try await withGracefulShutdownHandler {
-                        try await server.follow(request, owner: owner, after: after, first: first, seen: seen,
+                        try await self.follow(request, owner: owner, after: after, first: first, seen: seen,
                                                 stop: stop, into: &writer)
                     } onGracefulShutdown: {
                         stop.set()
