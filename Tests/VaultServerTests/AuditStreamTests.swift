@@ -220,6 +220,31 @@ import Glibc
         #expect(try await soc.send("GET", "/v1/audit/stream").status == 401)
     }
 
+    @Test(.timeLimit(.minutes(2))) func aReaderThatStopsReadingNeitherStallsTheVaultNorLosesEntries() async throws {
+        let h = try await ServerHarness.start()
+        defer { Task { await h.stop() } }
+        let acme = try await h.tenant("acme")
+        let chain = try await Self.page(h.operatorClient, "/v1/admin/audit?after=0&limit=1000")
+        let start = try #require(chain.last?["seq"] as? Int)
+        // Opened, then not read while ~3,000 entries (about 1 MB of lines, more than the
+        // socket buffers hold) are written: the daemon goes on answering everyone else.
+        let stalled = try await Self.open(h.operatorClient, "/v1/audit/stream?after=\(start)")
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<4 {
+                let client = h.client(acme.agentToken)
+                group.addTask {
+                    for _ in 0..<750 { _ = try await client.send("GET", "/v1/records/01KZZZZZZZZZZZZZZZZZZZZZZZ") }
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(try await h.client(nil).send("GET", "/healthz").status == 200)
+        // Then everything arrives, in order, past several pages.
+        let lines = try await stalled.lines(3000, within: 60)
+        #expect(lines.map { $0["seq"] as? Int } == Array((start + 1)...(start + 3000)).map { Optional($0) })
+        stalled.stream.close()
+    }
+
     // MARK: The real daemon
 
     static func initVault(_ dir: String) throws -> String {
