@@ -79,7 +79,7 @@ struct ResponseParser {
 
     // MARK: Head
 
-    private func readHead() throws(ReceiveFailure) -> Head {
+    func readHead() throws(ReceiveFailure) -> Head {
         var budget = ResponseParser.headerBlockLimit
         let limit = "the response header block exceeds \(ResponseParser.headerBlockLimit) bytes"
         let statusLine = try wire.readLine(budget: &budget, limitDescription: limit, deadline: deadline)

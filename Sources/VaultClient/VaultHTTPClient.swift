@@ -95,6 +95,17 @@ public final class VaultHTTPClient: @unchecked Sendable {
         }
     }
 
+    /// Opens a streaming `GET` (``HTTPLineStream``) on a connection of its own, with this client's
+    /// token; the response head must arrive within the client's timeout, the body has none.
+    public func openStream(_ path: String, headers: [(String, String)] = []) throws(ClientError) -> HTTPLineStream {
+        if let tokenProblem {
+            throw ClientError(code: .protocolError, message: "invalid request to \(endpoint.displayName): \(tokenProblem)")
+        }
+        // Shares the client's buffer (wiped when the client goes); the encoded head is wiped after use.
+        let line = state.withLock { $0.authorizationLine }
+        return try HTTPLineStream(endpoint: endpoint, path: path, headers: headers, rawHeaderLines: line, timeout: timeout)
+    }
+
     /// Async form: runs the blocking call on a Dispatch queue (never blocks the Swift cooperative pool, which the
     /// server under test may need on a 2-core machine).
     ///

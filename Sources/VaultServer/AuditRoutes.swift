@@ -144,28 +144,31 @@ extension VaultServer {
         w.beginObject()
         w.key("entries")
         w.beginArray()
-        for e in entries {
-            w.beginObject()
-            w.key("seq")
-            w.uint(e.seq)
-            w.time("at", e.at)
-            w.optionalString("tenant", e.tenant)
-            w.field("actor", e.actor)
-            w.field("action", e.action)
-            w.optionalString("target", e.target)
-            w.field("outcome", e.outcome)
-            w.key("count")
-            w.uint(e.count)
-            w.optionalString("reference", e.reference)
-            if chain {
-                w.field("prev", e.prev.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined())
-            }
-            w.field("hash", e.hashHex)
-            w.endObject()
-        }
+        for e in entries { writeEntry(e, chain: chain, into: &w) }
         w.endArray()
         w.key("next")
         w.uint(entries.last?.seq ?? after)
+        w.endObject()
+    }
+
+    /// One entry as a page (and a line of the stream) shows it; `chain` as in `writeAudit`.
+    static func writeEntry(_ e: AuditEntry, chain: Bool, into w: inout JSONWriter) {
+        w.beginObject()
+        w.key("seq")
+        w.uint(e.seq)
+        w.time("at", e.at)
+        w.optionalString("tenant", e.tenant)
+        w.field("actor", e.actor)
+        w.field("action", e.action)
+        w.optionalString("target", e.target)
+        w.field("outcome", e.outcome)
+        w.key("count")
+        w.uint(e.count)
+        w.optionalString("reference", e.reference)
+        if chain {
+            w.field("prev", e.prev.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined())
+        }
+        w.field("hash", e.hashHex)
         w.endObject()
     }
 

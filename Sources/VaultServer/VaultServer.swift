@@ -35,6 +35,8 @@ public struct ServerConfiguration: Sendable {
     public var authBackoff: AuthBackoffPolicy? = AuthBackoffPolicy()
     /// How often the daemon checks that its socket file is still there (re-created if removed).
     public var socketCheckInterval: Duration = .seconds(1)
+    /// Most `GET /v1/audit/stream` answers open at once (503 with `Retry-After` past it).
+    public var maxAuditStreams: Int = 64
 
     public init(socketPath: String, listen: (host: String, port: Int)? = nil, maxBody: Int = 1 << 20) {
         self.socketPath = socketPath
@@ -48,11 +50,13 @@ public struct VaultServer: Sendable {
     public let vault: Vault
     public let configuration: ServerConfiguration
     let authBackoff: AuthBackoff?
+    let auditStreams: AuditStreams
 
     public init(vault: Vault, configuration: ServerConfiguration) {
         ServerMetrics.bootstrap()
         self.vault = vault
         self.configuration = configuration
+        self.auditStreams = AuditStreams(limit: configuration.maxAuditStreams)
         self.authBackoff = configuration.authBackoff.map { AuthBackoff(policy: $0) }
     }
 
@@ -73,6 +77,7 @@ public struct VaultServer: Sendable {
         addRetentionRoutes(table)
         addHoldRoutes(table)
         addAuditRoutes(table)
+        addAuditStreamRoutes(table)
         addAdminRoutes(table)
     }
 

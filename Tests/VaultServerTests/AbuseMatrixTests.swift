@@ -784,6 +784,12 @@ enum AbuseRules {
             AbuseProbe("GET", "/v1/audit/consistency?from=1&to=2")
         },
         AbuseVariant("GET /v1/audit/keys", open: true, [:]) { _, _, _ in AbuseProbe("GET", "/v1/audit/keys") },
+        // The stream stays open when it is granted: probed with an "after" above the cap, which
+        // the roles that may follow answer 400 (the role is checked first); AuditStreamTests
+        // follow it.
+        AbuseVariant("GET /v1/audit/stream", label: " (after above the cap)", [.admin: .always(400), .operator: .always(400)]) { _, _, _ in
+            AbuseProbe("GET", "/v1/audit/stream?after=9223372036854775808")
+        },
 
         // Operator. Tenant and token ids of A and B are the operator's to see ("own").
         AbuseVariant("POST /v1/admin/tenants", ids: "tenant id in the body", [.operator: AbuseExpect(own: 409, foreign: 409, unknown: 201)]) { w, _, owner in

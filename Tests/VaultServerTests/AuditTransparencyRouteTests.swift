@@ -5,7 +5,8 @@ import VaultCore
 
 /// The transparency routes through the real socket, and what a client company does with
 /// them: save heads, entries and keys, and check them offline with `scripts/verify-audit`
-/// (Python, no Swift), which must say ok for the vault's own answers and name every edit.
+/// (Python, no Swift) and `shredvault audit verify --offline` (no vault, socket or key), which
+/// must both say ok for the vault's own answers, name every edit, and agree line for line.
 @Suite struct AuditTransparencyRouteTests {
     static let repository: String = {
         var url = URL(fileURLWithPath: #filePath)
@@ -13,11 +14,25 @@ import VaultCore
         return url.path
     }()
 
-    /// Runs `scripts/verify-audit` on `dir`: its exit status and what it printed.
+    /// Runs `scripts/verify-audit` and `shredvault audit verify --offline` on `dir`: they must
+    /// agree on the exit status and on every `BROKEN:` and `note:` line; the script's status
+    /// and output.
     static func verify(_ dir: String) throws -> (status: Int32, output: String) {
+        let python = try run(["/usr/bin/env", "python3", repository + "/scripts/verify-audit", dir], dir)
+        let swift = try run([shredvaultTestBinary, "audit", "verify", "--offline", dir], dir)
+        func findings(_ output: String) -> [Substring] {
+            output.split(separator: "\n").filter { $0.hasPrefix("BROKEN: ") || $0.hasPrefix("note: ") }
+        }
+        #expect(swift.status == python.status, "verify-audit: \(python.output)\naudit verify --offline: \(swift.output)")
+        #expect(findings(swift.output) == findings(python.output),
+                "verify-audit: \(python.output)\naudit verify --offline: \(swift.output)")
+        return python
+    }
+
+    static func run(_ command: [String], _ dir: String) throws -> (status: Int32, output: String) {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", repository + "/scripts/verify-audit", dir]
+        p.executableURL = URL(fileURLWithPath: command[0])
+        p.arguments = Array(command.dropFirst())
         let out = dir + ".out"
         FileManager.default.createFile(atPath: out, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
@@ -103,6 +118,17 @@ import VaultCore
         try original.write(toFile: page, atomically: true, encoding: .utf8)
 
         // A head with a forged signature (its size changed), and one of another tenant's.
+        // An entry removed from a page (the second page's first): named as a gap.
+        let pageText = try String(contentsOfFile: page, encoding: .utf8)
+        var pageObject = try #require(try JSONSerialization.jsonObject(with: Data(pageText.utf8)) as? [String: Any])
+        var kept = try #require(pageObject["entries"] as? [Any])
+        kept.removeFirst()
+        pageObject["entries"] = kept
+        try JSONSerialization.data(withJSONObject: pageObject).write(to: URL(fileURLWithPath: page))
+        let removed = try Self.verify(dir)
+        #expect(removed.status == 1 && removed.output.contains("entry 6 is missing"), "\(removed.output)")
+        try original.write(toFile: page, atomically: true, encoding: .utf8)
+
         let headPath = dir + "/heads/2.json"
         let head2 = try String(contentsOfFile: headPath, encoding: .utf8)
         #expect(head2.contains("\"size\":15"), "\(head2)")
@@ -112,5 +138,10 @@ import VaultCore
         try Self.save(try await globex.admin.send("GET", "/v1/audit/head"), headPath)
         let mixed = try Self.verify(dir)
         #expect(mixed.status != 0, "\(mixed.output)")
+
+        // Unreadable input is exit 2 for both: no directory, and a page that is not JSON.
+        #expect(try Self.verify(h.directory + "/nothing-saved").status == 2)
+        try "{not json".write(toFile: dir + "/entries/3.json", atomically: true, encoding: .utf8)
+        #expect(try Self.verify(dir).status == 2)
     }
 }

@@ -78,6 +78,7 @@ import VaultServer
             ("GET", "/v1/audit/head", nil),
             ("GET", "/v1/audit/proof?seq=1&size=1", nil),
             ("GET", "/v1/audit/consistency?from=0&to=1", nil),
+            ("GET", "/v1/audit/stream", nil),
             ("DELETE", "/v1/records/01KZZZZZZZZZZZZZZZZZZZZZZZ", nil),
         ]
         for (method, path, body) in adminOnly {
@@ -95,7 +96,8 @@ import VaultServer
             }
         }
         // The transparency routes serve the operator its own log; the keys are public.
-        let operatorsToo: Set<String> = ["/v1/audit/head", "/v1/audit/proof", "/v1/audit/consistency", "/v1/audit/keys"]
+        let operatorsToo: Set<String> = ["/v1/audit/head", "/v1/audit/proof", "/v1/audit/consistency", "/v1/audit/keys",
+                                         "/v1/audit/stream"]
         let tenantRoutes = server.routes.filter {
             $0.path.hasPrefix("/v1/") && !$0.path.hasPrefix("/v1/admin") && !operatorsToo.contains($0.path)
         }

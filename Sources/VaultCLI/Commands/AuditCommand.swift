@@ -1,12 +1,12 @@
 import ArgumentParser
 import VaultClient
 
-/// `shredvault audit tail|verify`.
+/// `shredvault audit tail|follow|verify`.
 struct AuditCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "audit",
         abstract: "Read and verify the tamper-evident audit log.",
-        subcommands: [Tail.self, Verify.self])
+        subcommands: [Tail.self, Follow.self, Verify.self])
 
     struct Tail: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -80,11 +80,24 @@ struct AuditCommand: ParsableCommand {
 
     struct Verify: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Recompute the audit hash chain (operator token); exit 1 naming the first broken entry.")
+            abstract: "Recompute the audit hash chain (operator token); exit 1 naming the first broken entry.",
+            discussion: """
+                With --offline DIR: no daemon, socket, token or key file. Checks what a client company \
+                saved in DIR (keys.json, heads/, entries/, consistency/, proofs/: docs/api.md, \
+                "Checking the audit offline") as scripts/verify-audit does, with its messages: one \
+                `BROKEN:` line per problem, then notes and a summary. Exit status: 0 every check \
+                passed; 1 a check failed; 2 unreadable input; 3 Ed25519 does not work.
+                """)
+
+        @Option(help: ArgumentHelp("Check the saved heads, entries and proofs in this directory, offline.", valueName: "dir"))
+        var offline: String?
 
         @OptionGroup var client: ClientOptions
 
         func run() throws {
+            if let offline {
+                throw ExitCode(OfflineAuditCheck.run(offline, json: client.json))
+            }
             try withDaemon(client, defaultTimeout: 3600) { daemon in
                 let progress = Progress("verifying the audit chain")
                 let response: HTTPResponse

@@ -42,6 +42,11 @@ final class Daemon {
         try client.request(method, path, body: body, headers: [("Accept", "application/json")])
     }
 
+    /// Opens a streaming `GET` on a connection of its own (`audit follow`).
+    func openStream(_ path: String) throws -> HTTPLineStream {
+        try client.openStream(path, headers: [("Accept", "application/x-ndjson")])
+    }
+
     /// Sends a request; a non-2xx answer becomes a ``DaemonProblem``.
     @discardableResult
     func call(_ method: String, _ path: String, body: [UInt8]? = nil) throws -> HTTPResponse {

@@ -16,6 +16,7 @@ final class WriterState: @unchecked Sendable {
     var pendingCiphertextDeletes: [[UInt8]] = []
     /// Unwrapped TRK/SBK/BK keys and the DEK scratch buffer.
     let keyCache: KeyCache
+    let auditFeed = AuditFeed()
 
     init(configuration: VaultConfiguration, masterKeyFile: MasterKeyFile, masterKey: Key,
          masterGeneration: UInt64, auditHead: AuditHead, auditArchived: UInt64) throws {
@@ -33,6 +34,7 @@ final class WriterState: @unchecked Sendable {
     /// Adopts what a committed batch or exclusive operation changed in memory.
     /// In-memory state changes only after commit (STYLE.md, Transactions).
     func commit(_ context: OperationContext) {
+        if context.auditHead.seq != auditHead.seq { auditFeed.advanced() }
         auditHead = context.auditHead
         pendingCiphertextDeletes += context.ciphertextDeletes
         if context.keysDestroyed { keyCache.removeAll() }
