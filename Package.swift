@@ -95,7 +95,8 @@ let package = Package(
         // Issue 5's crash suite: kills the real daemon under load and checks every acknowledgement (scripts/crash-test).
         .executableTarget(
             name: "CrashTest",
-            dependencies: ["PostgresSupport", "CVaultSystem", "VaultClient", "Locking", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["PostgresSupport", "CVaultSystem", "VaultClient", "VaultCore", "Locking",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: swiftSettings
         ),
 

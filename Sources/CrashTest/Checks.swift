@@ -1,4 +1,6 @@
+import Foundation
 import VaultClient
+import VaultCore
 
 /// A read as the checks see it (Sendable, unlike `Outcome`'s JSON).
 struct Seen: Sendable {
@@ -418,6 +420,36 @@ final class Checker {
         }
         if v["intact"] as? Bool != true {
             violations.add("audit chain broken", "verify answered \(v)")
+        }
+        checkOperatorLog()
+    }
+
+    /// The operator's transparency log only grew across the kill: the head kept at the last
+    /// round's checks (signed before the crash) is extended by today's, by the vault's own
+    /// consistency proof checked here with RFC 9162's algorithm.
+    private func checkOperatorLog() {
+        let outcome = op.call("GET", "/v1/audit/head")
+        guard outcome.status == 200, let h = outcome.object, let size = (h["size"] as? NSNumber)?.uint64Value,
+              let rootText = h["root"] as? String, let root = Data(base64Encoded: rootText) else {
+            if outcome.status == nil { lost("GET /v1/audit/head", outcome) } else { violations.add("audit head refused", outcome.summary) }
+            return
+        }
+        defer { model.operatorHead = (size, Array(root)) }
+        guard let saved = model.operatorHead else { return }
+        guard size >= saved.size else {
+            violations.add("audit log shrank", "the operator log had \(saved.size) entries before the kill and has \(size)")
+            return
+        }
+        let proof = op.call("GET", "/v1/audit/consistency?from=\(saved.size)&to=\(size)")
+        guard proof.status == 200, let paths = proof.object?["path"] as? [String] else {
+            if proof.status == nil { lost("GET /v1/audit/consistency", proof) } else { violations.add("consistency proof refused", proof.summary) }
+            return
+        }
+        let hashes = paths.compactMap { Data(base64Encoded: $0).map(Array.init) }
+        if hashes.count != paths.count || !MerkleTree.verifyConsistency(old: saved.size, new: size, oldRoot: saved.root,
+                                                                       newRoot: Array(root), proof: hashes) {
+            violations.add("audit log rewritten", "no consistency from the head of \(saved.size) entries kept before the kill "
+                           + "to the head of \(size) after it")
         }
     }
 

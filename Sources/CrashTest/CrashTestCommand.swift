@@ -24,7 +24,9 @@ struct CrashTestCommand: ParsableCommand {
             erasure: all of the subject's records or none); subject listings hold exactly the live records; \
             after one sweep a second finds no orphan; the record count, subject index, bucket index and \
             ciphertext counts (mdb_stat) match the log; acknowledged tokens work and revoked ones stay \
-            revoked; the audit chain verifies; start-up left no half-done rotation or compaction; a \
+            revoked; the audit chain verifies and the operator's transparency log only grew (the head kept \
+            at the last round's checks is extended by a consistency proof); start-up left no half-done \
+            rotation or compaction; a \
             rotation then succeeds. Each vault accumulates state across rounds; a new one is made every \
             --fresh-every rounds (alternately with 1-day and 1-second buckets, the latter with records \
             that expire within the round), the old one ending with a check of every record.

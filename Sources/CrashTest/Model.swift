@@ -208,6 +208,8 @@ final class VaultModel: @unchecked Sendable {
     var records: [RecordModel] = []
     var byID: [String: RecordModel] = [:]
     /// The master key generation the daemon last reported, and the highest a rotation acknowledged.
+    /// The operator log's head at the last round's checks: every later head must extend it.
+    var operatorHead: (size: UInt64, root: [UInt8])?
     var knownGeneration: UInt64 = 1
     var acknowledgedGeneration: UInt64 = 1
     /// Latest possible `expires_at` of ephemeral writes in flight at a kill that were not seen
