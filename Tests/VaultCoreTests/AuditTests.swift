@@ -429,6 +429,9 @@ private func withStoredEntry<R>(_ tv: TestVault, _ seq: UInt64,
                                              newRoot: grown.root, proof: proof))
         #expect(try await v.verifyAudit().isIntact)
         #expect(try await v.verifyAudit().entries == entriesBefore + 1)
+        let stats = try await v.statistics()
+        #expect(stats.auditEntries == entriesBefore + 1 && stats.auditArchived >= entriesBefore - tv.configuration.auditTail)
+        #expect(stats.auditMovesFailed == 0)
         v.close()
 
         try withStoredVault(tv.dir.data) { ks, dbs, _, audit in

@@ -19,6 +19,10 @@ public struct VaultStatistics: Sendable, Equatable {
     public let tenants: Int
     public let records: Int
     public let auditEntries: UInt64
+    /// Entries moved to the archive in the record store; the rest are the keystore's tail.
+    public let auditArchived: UInt64
+    /// Moves of the audit's tail that failed since the daemon started (`records/` full, say).
+    public let auditMovesFailed: Int
     public let masterKeyGeneration: UInt64
     public let keystoreBytes: Int
     public let recordStoreBytes: Int
@@ -66,7 +70,9 @@ extension Vault {
             let stats = self.groupCommitStatistics
             return VaultStatistics(
                 tenants: try ks.count(in: dbs.tenants), records: try ks.count(in: dbs.records),
-                auditEntries: context.auditHead.seq, masterKeyGeneration: context.masterGeneration,
+                auditEntries: context.auditHead.seq, auditArchived: try AuditLog.archived(in: ks, dbs: dbs),
+                auditMovesFailed: self.writer.auditMovesFailed.load(ordering: .relaxed),
+                masterKeyGeneration: context.masterGeneration,
                 keystoreBytes: Compaction.fileSize(self.writer.stores.keystore.path + "/data.mdb"),
                 recordStoreBytes: Compaction.fileSize(self.writer.stores.records.path + "/data.mdb"),
                 batches: stats.batches, batchedOperations: stats.operations)
