@@ -125,3 +125,21 @@ extension Transaction {
         return nil
     }
 }
+
+extension Transaction {
+    /// Pages on LMDB's free list, counted as `mdb_stat -f` does: each value of the free
+    /// database (dbi 0) is a list of page numbers whose first word is its length. They are
+    /// pages inside the data file that later write transactions reuse once no reader can see
+    /// them, so this slightly overstates what the next write can take while readers are open.
+    public func freeListPages() throws -> Int {
+        let cursor = try Cursor(transaction: handle, dbi: 0)  // FREE_DBI
+        var pages = 0
+        var entry = try cursor.get(MDB_FIRST)
+        while let e = entry {
+            guard e.value.count >= MemoryLayout<UInt>.size else { throw LMDBError(code: MDB_CORRUPTED) }
+            pages += Int(e.value.loadUnaligned(as: UInt.self))
+            entry = try cursor.get(MDB_NEXT)
+        }
+        return pages
+    }
+}

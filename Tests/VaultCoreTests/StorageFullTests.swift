@@ -137,4 +137,35 @@ import Sodium
         let ciphertexts = try storedCiphertextKeys(dataDirectory: tv.dir.data)
         #expect(ciphertexts.count == kept.count + more.count)
     }
+
+    /// A record store down to its reserve takes no more of the audit (the moves are put off,
+    /// counted, and the tail stays in the keystore), so every record can still be deleted; once
+    /// the sweep has freed their space the moves resume and the tail shrinks back.
+    @Test func aFullRecordStoreKeepsTheAuditTailAndRoomToDelete() async throws {
+        let tv = try TestVault(recordsMapSize: 1 << 20)
+        let v = tv.vault
+        _ = try await v.createTenant(acme, actor: .system)
+        let (acked, full, other) = await fill(v)
+        try #require(full && other.isEmpty && acked.count > 8)
+
+        // Audited reads, a tail at a time, each tail followed by a move, until one is put off.
+        let before = try await v.statistics()
+        var held = before
+        for round in 0..<64 where held.auditMovesFailed == before.auditMovesFailed {
+            for n in 0..<Int(TestVault.auditTail) { _ = try await v.read(acked[(round + n) % acked.count].0, tenant: acme, actor: agent) }
+            held = try await v.statistics()
+        }
+        #expect(held.auditMovesFailed > before.auditMovesFailed)
+        #expect(held.auditEntries - held.auditArchived >= TestVault.auditTail, "the tail stayed in the keystore")
+
+        for (id, _) in acked { try await v.delete(id, tenant: acme, actor: admin) }
+        _ = try await v.sweep()
+        for _ in 0..<Int(2 * TestVault.auditTail) { _ = try await v.records(of: try Subject("subject-0"), tenant: acme, actor: agent) }
+        let resumed = try await v.statistics()
+        #expect(resumed.auditArchived > held.auditArchived)
+        #expect(resumed.auditEntries - resumed.auditArchived < 2 * TestVault.auditTail, "the moves resumed")
+        #expect(try await v.verifyAudit().isIntact)
+        v.close()
+        #expect(try storedCiphertextKeys(dataDirectory: tv.dir.data).isEmpty)
+    }
 }

@@ -16,6 +16,22 @@ public enum AuditArchive {
     /// mark (`VaultConfiguration.auditTail`).
     public static let defaultTail: UInt64 = 1024
 
+    /// Whether the record store has room to take `count` entries and still keep its reserve:
+    /// 1 % of its map, at least 64 pages, left for what frees space there (deletes, erasure,
+    /// the sweep), which must rewrite pages before it frees any. Room is the map beyond the
+    /// data file's last page plus LMDB's free list; a move is reckoned at 1 KiB an entry (an
+    /// entry, its numbering and the two logs' subtrees take ~700 B in half-full pages). When
+    /// there is not room, the move is put off and the keystore's tail grows instead: without
+    /// this a move could take the last free pages and leave a full store unable to delete.
+    static func recordStoreHasRoom(forMoving count: UInt64, in records: Environment) throws -> Bool {
+        let info = try records.info()
+        let mapPages = info.mapSize / info.pageSize
+        let free = mapPages - (info.lastPageNumber + 1) + (try records.read { try $0.freeListPages() })
+        let reserve = max(64, mapPages / 100)
+        let needed = Int(clamping: count) * 1024 / info.pageSize + 8
+        return free >= reserve + needed
+    }
+
     /// Moves entries after the mark through `through` (committed entries only); answers the new
     /// mark. `audit.entries` must hold every entry of that range.
     @discardableResult
@@ -96,6 +112,10 @@ public enum AuditArchive {
         var mark = archived
         while mark < head - tail {
             let through = min(mark + chunk, head - tail)
+            guard try recordStoreHasRoom(forMoving: through - mark, in: stores.records) else {
+                progress?("the record store is nearly full: audit entries \(mark + 1)...\(head) stay in the keystore for now")
+                return
+            }
             do {
                 mark = try stores.write { ks, rec in try move(through: through, in: ks, rec, dbs: dbs, audit: audit) }
             } catch where VaultError.mapping(error) == .storageFull {

@@ -21,7 +21,8 @@ public struct VaultStatistics: Sendable, Equatable {
     public let auditEntries: UInt64
     /// Entries moved to the archive in the record store; the rest are the keystore's tail.
     public let auditArchived: UInt64
-    /// Moves of the audit's tail that failed since the daemon started (`records/` full, say).
+    /// Moves of the audit's tail that failed or were put off since the daemon started
+    /// (`records/` full, or down to the reserve it keeps for deletes).
     public let auditMovesFailed: Int
     public let masterKeyGeneration: UInt64
     public let keystoreBytes: Int

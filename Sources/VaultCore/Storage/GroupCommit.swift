@@ -213,14 +213,18 @@ final class GroupCommitWriter: @unchecked Sendable {
 
     /// Moves the audit's committed entries to the record store once the keystore's tail is
     /// `auditTail` long: a write of its own, after the batch's callers are answered, so
-    /// that a move can never fail an operation. One that fails (the record store full, say) is
-    /// counted and tried again a tail later; the tail grows meanwhile.
+    /// that a move can never fail an operation. One that fails, or is put off because the
+    /// record store is down to its reserve (`AuditArchive.recordStoreHasRoom`), is counted and
+    /// tried again a tail later; the tail grows meanwhile.
     private func moveAuditTail() {
         let committed = state.auditHead.seq
         let tail = state.configuration.auditTail
         guard committed >= state.auditArchived + tail, committed >= nextAuditMove else { return }
         let dbs = stores.ks, audit = stores.audit
         do {
+            guard try AuditArchive.recordStoreHasRoom(forMoving: committed - state.auditArchived, in: stores.records) else {
+                throw VaultError.storageFull
+            }
             state.auditArchived = try stores.write { ks, rec in
                 try AuditArchive.move(through: committed, in: ks, rec, dbs: dbs, audit: audit)
             }
