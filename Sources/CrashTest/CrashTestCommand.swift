@@ -1,3 +1,4 @@
+import VaultCore
 import ArgumentParser
 import Foundation
 import PostgresSupport
@@ -357,7 +358,7 @@ final class Runner {
             let answer = try result.get()
             for (item, receipt) in zip(plan[b], answer) {
                 let parts = receipt.split(separator: "|").map(String.init)
-                guard parts.count == 2, let expires = parseRFC3339(parts[1]) else { throw DaemonError("a prefill item was refused") }
+                guard parts.count == 2, let expires = RFC3339.parse(parts[1]) else { throw DaemonError("a prefill item was refused") }
                 let subject = model.owned[item.worker][item.subject]
                 let record = RecordModel(id: parts[0], subject: subject, category: item.category, channel: item.channel,
                                          ephemeral: false, expiresAt: expires, content: item.payload, round: 0,

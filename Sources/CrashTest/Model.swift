@@ -1,3 +1,4 @@
+import VaultCore
 import Locking
 
 // The acknowledgement log: what the daemon said it did, kept in memory per vault directory.
@@ -47,7 +48,7 @@ struct Observed: Sendable {
         subject = object["subject"] as? String
         category = object["category"] as? String
         channel = object["channel"] as? String
-        expiresAt = (object["expires_at"] as? String).flatMap(parseRFC3339)
+        expiresAt = (object["expires_at"] as? String).flatMap(RFC3339.parse)
     }
 
     var label: String {

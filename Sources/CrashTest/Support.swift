@@ -67,39 +67,6 @@ func sleepSeconds(_ seconds: Double) {
 
 func format(_ seconds: Double) -> String { String(format: "%.2f s", seconds) }
 
-/// `2026-11-29T20:31:07.123Z` (the vault's RFC 3339 UTC form, milliseconds optional) → milliseconds
-/// since the epoch. Parsed by hand: a date formatter per call costs more than the request.
-func parseRFC3339(_ text: String) -> Int64? {
-    let b = Array(text.utf8)
-    func number(_ from: Int, _ count: Int) -> Int64? {
-        guard from + count <= b.count else { return nil }
-        var v: Int64 = 0
-        for i in from..<from + count {
-            guard b[i] >= 0x30 && b[i] <= 0x39 else { return nil }
-            v = v * 10 + Int64(b[i] - 0x30)
-        }
-        return v
-    }
-    guard b.count >= 20, b[4] == 0x2D, b[7] == 0x2D, b[10] == 0x54, b[13] == 0x3A, b[16] == 0x3A, b.last == 0x5A,
-          let year = number(0, 4), let month = number(5, 2), let day = number(8, 2),
-          let hour = number(11, 2), let minute = number(14, 2), let second = number(17, 2) else { return nil }
-    var millis: Int64 = 0
-    if b.count > 20 {
-        guard b[19] == 0x2E, b.count >= 22 else { return nil }
-        let digits = b.count - 21
-        guard let fraction = number(20, digits) else { return nil }
-        millis = digits >= 3 ? fraction / Int64(pow(10.0, Double(digits - 3))) : fraction * Int64(pow(10.0, Double(3 - digits)))
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = month <= 2 ? year - 1 : year
-    let era = (y >= 0 ? y : y - 399) / 400
-    let yoe = y - era * 400
-    let doy = (153 * (month > 2 ? month - 3 : month + 9) + 2) / 5 + day - 1
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
-    let days = era * 146_097 + doe - 719_468
-    return ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + millis
-}
-
 // MARK: HTTP
 
 /// What one request came to: an answer (any status), or no answer (the daemon died, refused the

@@ -1,3 +1,4 @@
+import VaultCore
 import Locking
 import VaultClient
 
@@ -130,7 +131,7 @@ final class Worker: @unchecked Sendable {
 
     private func adopt(_ object: [String: Any], subject: SubjectModel, payload: Payload, category: String,
                        channel: String, note: String) -> Bool {
-        guard let id = object["id"] as? String, let expires = (object["expires_at"] as? String).flatMap(parseRFC3339) else {
+        guard let id = object["id"] as? String, let expires = (object["expires_at"] as? String).flatMap(RFC3339.parse) else {
             violations.add("malformed acknowledgement", "worker \(index): a write receipt without id or expires_at")
             return false
         }

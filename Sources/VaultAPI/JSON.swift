@@ -426,6 +426,13 @@ public struct JSONWriter: Sendable {
         int(v)
     }
 
+    /// Writes a key and an unsigned integer value (disfavoured, so that a literal is an `Int64`).
+    @_disfavoredOverload
+    public mutating func field(_ k: String, _ v: UInt64) {
+        key(k)
+        uint(v)
+    }
+
     /// Writes a key and a boolean value.
     public mutating func field(_ k: String, _ v: Bool) {
         key(k)

@@ -78,8 +78,7 @@ extension VaultServer {
                 w.field("buckets_rekeyed", Int64(s.bucketsRekeyed))
                 w.field("records_rewrapped", Int64(s.recordsRewrapped))
                 w.field("tenants_renewed", Int64(s.tenantsRenewed))
-                w.key("master_key_generation")
-                w.uint(s.masterGeneration)
+                w.field("master_key_generation", s.masterGeneration)
                 w.field("keystore_bytes_before", Int64(s.keystoreBytesBefore))
                 w.field("keystore_bytes_after", Int64(s.keystoreBytesAfter))
                 w.field("rewrap_transactions", Int64(s.rewrapTransactions))
@@ -146,10 +145,8 @@ extension VaultServer {
             return jsonResponse { w in
                 w.beginObject()
                 w.field("location", r.location)
-                w.key("sequence")
-                w.uint(r.sequence)
-                w.key("epoch")
-                w.uint(r.epoch)
+                w.field("sequence", r.sequence)
+                w.field("epoch", r.epoch)
                 w.field("appended_since_start", Int64(r.appendedSinceStart))
                 w.field("bytes_since_start", Int64(r.bytesSinceStart))
                 w.key("snapshots")
@@ -159,8 +156,7 @@ extension VaultServer {
                 w.optionalString("broken", r.broken)
                 w.field("role", r.deposed == nil ? "primary" : "deposed")
                 if let term = r.term {
-                    w.key("term")
-                    w.uint(term)
+                    w.field("term", term)
                 }
                 w.optionalString("deposed", r.deposed)
                 w.key("standbys")
@@ -168,8 +164,7 @@ extension VaultServer {
                 for s in r.standbys {
                     w.beginObject()
                     w.field("name", s.name)
-                    w.key("applied")
-                    w.uint(s.applied)
+                    w.field("applied", s.applied)
                     w.field("lag_ms", Int64(s.lagMilliseconds))
                     w.field("seen_ms_ago", Int64(s.secondsSinceSeen * 1000))
                     w.endObject()
@@ -186,13 +181,10 @@ extension VaultServer {
                 w.beginObject()
                 w.field("tenants", Int64(s.tenants))
                 w.field("records", Int64(s.records))
-                w.key("audit_entries")
-                w.uint(s.auditEntries)
-                w.key("audit_archived")
-                w.uint(s.auditArchived)
+                w.field("audit_entries", s.auditEntries)
+                w.field("audit_archived", s.auditArchived)
                 w.field("audit_moves_failed", Int64(s.auditMovesFailed))
-                w.key("master_key_generation")
-                w.uint(s.masterKeyGeneration)
+                w.field("master_key_generation", s.masterKeyGeneration)
                 w.field("keystore_bytes", Int64(s.keystoreBytes))
                 w.field("record_store_bytes", Int64(s.recordStoreBytes))
                 w.field("batches", Int64(s.batches))
@@ -214,8 +206,7 @@ extension VaultServer {
             let v = try await self.vault.verifyAudit()
             return jsonResponse { w in
                 w.beginObject()
-                w.key("entries")
-                w.uint(v.entries)
+                w.field("entries", v.entries)
                 w.field("intact", v.isIntact)
                 w.key("first_broken")
                 if let b = v.firstBroken { w.uint(b) } else { w.null() }
@@ -227,10 +218,8 @@ extension VaultServer {
 
     static func writeSnapshot(_ s: SnapshotInfo, into w: inout JSONWriter) {
         w.beginObject()
-        w.key("epoch")
-        w.uint(s.epoch)
-        w.key("sequence")
-        w.uint(s.sequence)
+        w.field("epoch", s.epoch)
+        w.field("sequence", s.sequence)
         w.field("bytes", Int64(s.bytes))
         w.endObject()
     }

@@ -37,8 +37,7 @@ extension VaultServer {
             let head = try await self.vault.auditTreeHead(tenant: try self.auditLogOwner(request))
             return jsonResponse { w in
                 w.beginObject()
-                w.key("size")
-                w.uint(head.size)
+                w.field("size", head.size)
                 w.field("root", Self.base64(head.root))
                 w.time("at", head.at)
                 w.optionalString("tenant", head.tenant)
@@ -56,10 +55,8 @@ extension VaultServer {
             return jsonResponse { w in
                 w.beginObject()
                 // What the proof is of, so that the answer kept as it came says it.
-                w.key("seq")
-                w.uint(seq)
-                w.key("size")
-                w.uint(size)
+                w.field("seq", seq)
+                w.field("size", size)
                 w.field("leaf_hash", Self.base64(proof.leafHash))
                 Self.writePath(proof.path, into: &w)
                 w.endObject()
@@ -73,10 +70,8 @@ extension VaultServer {
             let path = try await self.vault.auditConsistencyProof(tenant: owner, from: from, to: to)
             return jsonResponse { w in
                 w.beginObject()
-                w.key("from")
-                w.uint(from)
-                w.key("to")
-                w.uint(to)
+                w.field("from", from)
+                w.field("to", to)
                 Self.writePath(path, into: &w)
                 w.endObject()
             }
@@ -146,24 +141,21 @@ extension VaultServer {
         w.beginArray()
         for e in entries { writeEntry(e, chain: chain, into: &w) }
         w.endArray()
-        w.key("next")
-        w.uint(entries.last?.seq ?? after)
+        w.field("next", entries.last?.seq ?? after)
         w.endObject()
     }
 
     /// One entry as a page (and a line of the stream) shows it; `chain` as in `writeAudit`.
     static func writeEntry(_ e: AuditEntry, chain: Bool, into w: inout JSONWriter) {
         w.beginObject()
-        w.key("seq")
-        w.uint(e.seq)
+        w.field("seq", e.seq)
         w.time("at", e.at)
         w.optionalString("tenant", e.tenant)
         w.field("actor", e.actor)
         w.field("action", e.action)
         w.optionalString("target", e.target)
         w.field("outcome", e.outcome)
-        w.key("count")
-        w.uint(e.count)
+        w.field("count", e.count)
         w.optionalString("reference", e.reference)
         if chain {
             w.field("prev", e.prev.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined())

@@ -50,12 +50,9 @@ public struct StandbyServer: Sendable {
                 w.beginObject()
                 w.field("location", s.location)
                 w.field("role", "standby")
-                w.key("applied")
-                w.uint(s.applied)
-                w.key("head")
-                w.uint(s.head)
-                w.key("epoch")
-                w.uint(s.epoch)
+                w.field("applied", s.applied)
+                w.field("head", s.head)
+                w.field("epoch", s.epoch)
                 w.field("lag_ms", Int64(s.lagMilliseconds))
                 w.optionalString("error", s.error)
                 w.endObject()
@@ -87,8 +84,7 @@ public struct StandbyServer: Sendable {
             if let g = group.withLock({ $0 }) { Task { await g.triggerGracefulShutdown() } }
             return jsonResponse { w in
                 w.beginObject()
-                w.key("term")
-                w.uint(promotion.term)
+                w.field("term", promotion.term)
                 w.endObject()
             }
         }

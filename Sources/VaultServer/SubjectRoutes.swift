@@ -44,8 +44,7 @@ extension VaultServer {
                 w.time("at", receipt.at)
                 // The entry's number in the tenant's own audit log (as GET /v1/audit shows it),
                 // never the chain's, which would count other tenants' operations.
-                w.key("audit_seq")
-                w.uint(receipt.auditSeq)
+                w.field("audit_seq", receipt.auditSeq)
                 w.field("audit_hash", receipt.auditHash)
                 w.endObject()
                 w.endObject()
