@@ -33,6 +33,9 @@ public struct VaultConfiguration: Sendable {
     /// The audit entries the keystore keeps before a move to the archive (AuditArchive): the
     /// keystore holds at most this many plus one batch's.
     public var auditTail: UInt64 = AuditArchive.defaultTail
+    /// How long audit entries keep their content (`serve --audit-retention`): the sweep prunes
+    /// older ones, never those younger than the longest record retention in force (`AuditRetention`).
+    public var auditRetentionSeconds: Int64 = AuditRetention.defaultSeconds
     public var keystoreMapSize: Int = 8 << 30
     public var recordsMapSize: Int = 64 << 30
     /// Dead entries removed per sweep transaction.

@@ -101,6 +101,8 @@ extension VaultServer {
                 w.field("entries_removed", Int64(s.entriesRemoved))
                 w.field("ciphertexts_removed", Int64(s.ciphertextsRemoved))
                 w.field("orphans_removed", Int64(s.orphansRemoved))
+                w.field("audit_entries_pruned", s.auditEntriesPruned)
+                w.field("audit_retention", ISODuration.format(seconds: s.auditRetentionSeconds))
                 w.field("key_destruction_ms", s.keyDestructionMilliseconds)
                 w.field("total_ms", s.totalMilliseconds)
                 w.endObject()
@@ -184,6 +186,7 @@ extension VaultServer {
                 w.field("audit_entries", s.auditEntries)
                 w.field("audit_archived", s.auditArchived)
                 w.field("audit_moves_failed", Int64(s.auditMovesFailed))
+                w.field("audit_pruned", s.auditPruned)
                 w.field("master_key_generation", s.masterKeyGeneration)
                 w.field("keystore_bytes", Int64(s.keystoreBytes))
                 w.field("record_store_bytes", Int64(s.recordStoreBytes))
@@ -207,6 +210,7 @@ extension VaultServer {
             return jsonResponse { w in
                 w.beginObject()
                 w.field("entries", v.entries)
+                w.field("pruned", v.pruned)
                 w.field("intact", v.isIntact)
                 w.key("first_broken")
                 if let b = v.firstBroken { w.uint(b) } else { w.null() }

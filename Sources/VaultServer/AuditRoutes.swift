@@ -77,6 +77,20 @@ extension VaultServer {
             }
         }
 
+        // What the audit retention pruned, for a verifier whose saved entries start after it.
+        router.get("/v1/audit/pruned") { request, _ -> Response in
+            let prefix = try await self.vault.auditPrunedPrefix(tenant: try self.auditLogOwner(request))
+            return jsonResponse { w in
+                w.beginObject()
+                w.field("size", prefix.size)
+                w.key("subtrees")
+                w.beginArray()
+                for h in prefix.subtrees { w.string(Self.base64(h)) }
+                w.endArray()
+                w.endObject()
+            }
+        }
+
         // Public keys, without a token: a verifier fetches them once and keeps them.
         router.get("/v1/audit/keys") { _, _ -> Response in
             let keys = try await self.vault.auditPublicKeys()

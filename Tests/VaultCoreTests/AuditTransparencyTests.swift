@@ -7,7 +7,7 @@ import LMDB
 /// An implementation of RFC 9162's tree head that shares nothing with the code under test but
 /// SHA-256: the leaves are folded as the log grows (a stack of perfect subtrees, merged when two
 /// of one height meet), and the head is the right fold of the stack.
-private enum Reference {
+enum Reference {
     static func sha(_ parts: [UInt8]...) -> [UInt8] { SHA256.hash(parts.flatMap { $0 }) }
     static func leaf(_ entry: [UInt8]) -> [UInt8] { sha([0], entry) }
 

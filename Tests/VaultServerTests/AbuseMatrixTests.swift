@@ -783,6 +783,9 @@ enum AbuseRules {
         AbuseVariant("GET /v1/audit/consistency", [.admin: .always(200), .operator: .always(200)]) { _, _, _ in
             AbuseProbe("GET", "/v1/audit/consistency?from=1&to=2")
         },
+        AbuseVariant("GET /v1/audit/pruned", [.admin: .always(200), .operator: .always(200)]) { _, _, _ in
+            AbuseProbe("GET", "/v1/audit/pruned")
+        },
         AbuseVariant("GET /v1/audit/keys", open: true, [:]) { _, _, _ in AbuseProbe("GET", "/v1/audit/keys") },
         // The stream stays open when it is granted: probed with an "after" above the cap, which
         // the roles that may follow answer 400 (the role is checked first); AuditStreamTests

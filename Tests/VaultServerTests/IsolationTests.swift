@@ -96,7 +96,7 @@ import VaultServer
             }
         }
         // The transparency routes serve the operator its own log; the keys are public.
-        let operatorsToo: Set<String> = ["/v1/audit/head", "/v1/audit/proof", "/v1/audit/consistency", "/v1/audit/keys",
+        let operatorsToo: Set<String> = ["/v1/audit/head", "/v1/audit/proof", "/v1/audit/consistency", "/v1/audit/pruned", "/v1/audit/keys",
                                          "/v1/audit/stream"]
         let tenantRoutes = server.routes.filter {
             $0.path.hasPrefix("/v1/") && !$0.path.hasPrefix("/v1/admin") && !operatorsToo.contains($0.path)

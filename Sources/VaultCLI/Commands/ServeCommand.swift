@@ -56,6 +56,13 @@ struct ServeCommand: AsyncParsableCommand {
                                valueName: "duration"))
     var requestTimeout: String?
 
+    @Option(name: .customLong("audit-retention"),
+            help: ArgumentHelp("How long audit entries keep their content, as an ISO 8601 duration (default P400D, "
+                               + "at least P92D): the sweep prunes older ones, keeping their hashes, never before "
+                               + "the longest record retention in force.",
+                               valueName: "duration"))
+    var auditRetention: String?
+
     @Option(name: .customLong("rotation-chunk"),
             help: ArgumentHelp("Records a rotation re-wraps per write transaction (default 10000): bounds the "
                                + "memory a rotation needs; other requests are served between chunks.",
@@ -118,6 +125,14 @@ struct ServeCommand: AsyncParsableCommand {
             guard bytes >= 1 << 20 else { throw ValidationError("--map-size must be at least 1M") }
             vault.keystoreMapSize = bytes
             vault.recordsMapSize = bytes
+        }
+        if let auditRetention {
+            try checkDuration(auditRetention, option: "--audit-retention")
+            let seconds = try ISODuration.seconds(auditRetention, field: "--audit-retention")
+            guard seconds >= AuditRetention.minimumSeconds else {
+                throw ValidationError("--audit-retention must be at least P92D, the standard record retention")
+            }
+            vault.auditRetentionSeconds = seconds
         }
         if let rotationChunk {
             guard rotationChunk >= 1 else { throw ValidationError("--rotation-chunk must be at least 1") }
@@ -241,6 +256,7 @@ struct ServeCommand: AsyncParsableCommand {
         logger.info("vault opened", metadata: [
             "data_dir": "\(location.dataDirectory)",
             "bucket_width": "\(ISODuration.format(seconds: vault.configuration.bucketWidthSeconds))",
+            "audit_retention": "\(ISODuration.format(seconds: vault.configuration.auditRetentionSeconds))",
         ])
         if let journal = configuration.journal {
             logger.info("journal attached", metadata: ["journal": "\(journal.location)"])

@@ -105,9 +105,47 @@ public struct AuditEntry: Sendable, Equatable {
         return w.bytes
     }
 
+    /// What pruning leaves of an entry past the audit retention (`AuditRetention`): its place in
+    /// the chain and nothing of what it recorded. `u8 3 | u64 seq | i64 at | 32-byte prev |
+    /// 32-byte hash`. The tree's hashes of the entry stay, so proofs of later entries verify.
+    static let prunedFormat: UInt8 = 3
+
+    static func pruned(seq: UInt64, at: Int64, prev: [UInt8], hash: [UInt8]) -> [UInt8] {
+        var w = ByteWriter(capacity: 81)
+        w.u8(prunedFormat)
+        w.u64(seq)
+        w.i64(at)
+        w.raw(prev)
+        w.raw(hash)
+        return w.bytes
+    }
+
+    /// A stored row: an entry, or what pruning left of one.
+    enum Stored {
+        case entry(AuditEntry, canonical: [UInt8])
+        case pruned(seq: UInt64, at: Int64, prev: [UInt8], hash: [UInt8])
+    }
+
+    static func decodeStored(_ b: UnsafeRawBufferPointer) throws -> Stored {
+        guard b.first == prunedFormat else {
+            let (entry, canonical) = try decode(b)
+            return .entry(entry, canonical: canonical)
+        }
+        var r = ByteReader(b, what: "pruned audit entry")
+        try r.format(prunedFormat)
+        let seq = try r.u64(), at = try r.i64(), prev = try r.raw(32), hash = try r.raw(32)
+        try r.end()
+        return .pruned(seq: seq, at: at, prev: prev, hash: hash)
+    }
+
+    /// An entry (format 1 or 2); a pruned one is refused, named: its reader should have
+    /// started past the prune mark.
     static func decode(_ b: UnsafeRawBufferPointer) throws -> (entry: AuditEntry, canonical: [UInt8]) {
         var r = ByteReader(b, what: "audit entry")
         let version = try r.u8()
+        if version == prunedFormat, b.count >= 9 {
+            throw VaultError.corrupt("audit entry \(readBE(b, at: 1, as: UInt64.self)) was pruned (past the audit retention)")
+        }
         guard version == formatV1 || version == format else {
             throw VaultError.corrupt("audit entry: format version \(version) is not supported")
         }
@@ -128,6 +166,8 @@ public struct AuditEntry: Sendable, Equatable {
 /// The result of recomputing the chain.
 public struct AuditVerification: Sendable, Equatable {
     public let entries: UInt64
+    /// The first entries, pruned past the audit retention: their links are checked, not their content.
+    public let pruned: UInt64
     /// The first entry that does not verify, or nil when the whole chain does.
     public let firstBroken: UInt64?
     public let reason: String?
@@ -226,6 +266,17 @@ enum AuditLog {
         }
     }
 
+    /// How many of `log`'s first entries are pruned (log 0, the operator's: the chain's prune
+    /// mark, as its leaf i is the chain's entry i + 1). Kept in the archive beside the rows it
+    /// counts, so a prune commits them together.
+    static func prunedCount(_ log: UInt32, in rec: borrowing Transaction, audit: AuditDatabases) throws -> UInt64 {
+        try rec.withValue(forKey: Layout.auditCountKey(log), in: audit.archivedByTenant) { b in
+            guard let b else { return 0 }
+            guard b.count == 8 else { throw VaultError.corrupt("audit prune count of log \(log): \(b.count) bytes") }
+            return readBE(b, at: 0)
+        }
+    }
+
     /// Visits the stored entries in chain order from seq `from`: the archive's through the mark,
     /// then the tail's (each row as stored, so verification sees a damaged key too). The
     /// archive's rows past the mark, and the tail's before it, are the two copies a move
@@ -252,6 +303,8 @@ enum AuditLog {
                               _ rec: borrowing Transaction, dbs: KeystoreDatabases,
                               audit: AuditDatabases) throws -> [AuditEntry] {
         let count = try tenantCount(t, in: ks, dbs: dbs)
+        // The pruned entries are gone: the listing starts after them.
+        let after = max(after, try prunedCount(t, in: rec, audit: audit))
         guard limit > 0, after < count else { return [] }
         let archived = try archived(in: ks, dbs: dbs)
         var positions: [(local: UInt64, seq: UInt64)] = []
@@ -282,6 +335,7 @@ enum AuditLog {
     static func chainEntries(after: UInt64, limit: Int, in ks: borrowing Transaction, _ rec: borrowing Transaction,
                              dbs: KeystoreDatabases, audit: AuditDatabases) throws -> [AuditEntry] {
         var out: [AuditEntry] = []
+        let after = max(after, try prunedCount(AuditTree.operatorLog, in: rec, audit: audit))
         guard limit > 0, after < UInt64.max else { return out }
         try forEachEntry(from: after + 1, in: ks, rec, dbs: dbs, audit: audit) { _, v in
             let e = try AuditEntry.decode(v).entry
@@ -301,30 +355,47 @@ enum AuditLog {
     }
 
     /// Recomputes every hash from the first entry, archive and tail; names the first entry that
-    /// breaks.
+    /// breaks. A pruned entry's hash cannot be recomputed: its place and its link to the entry
+    /// before it are checked, and its hash is what the next entry links to. Pruned entries are
+    /// exactly the first ones, through the prune mark: a pruned entry after it, or an entry
+    /// with its body before it, is a break (a stub put in place of an entry to hide it).
     static func verify(in ks: borrowing Transaction, _ rec: borrowing Transaction, dbs: KeystoreDatabases,
                        audit: AuditDatabases) throws -> AuditVerification {
         var expected = AuditHead.genesis
         var broken: (UInt64, String)?
         var count: UInt64 = 0
+        let pruned = try prunedCount(AuditTree.operatorLog, in: rec, audit: audit)
         try forEachEntry(from: 1, in: ks, rec, dbs: dbs, audit: audit) { key, value in
             let keySeq: UInt64 = key.count == 8 ? readBE(key, at: 0) : 0
             let claimed = expected.seq + 1
             do {
-                let (entry, canonical) = try AuditEntry.decode(value)
-                if keySeq != claimed || entry.seq != claimed {
-                    broken = (claimed, "sequence gap or reordering (found \(keySeq))")
-                } else if entry.prev != expected.hash {
-                    broken = (claimed, "prev does not match the hash of entry \(expected.seq)")
-                } else if KeyedHash.hash(entry.prev + canonical, outputCount: 32) != entry.hash {
-                    broken = (claimed, "hash does not match the entry's content")
+                let seq: UInt64, prev: [UInt8], hash: [UInt8]
+                switch try AuditEntry.decodeStored(value) {
+                case let .entry(entry, canonical):
+                    (seq, prev, hash) = (entry.seq, entry.prev, entry.hash)
+                    if claimed <= pruned {
+                        broken = (claimed, "entry is within the pruned range (through \(pruned)) but has its content")
+                    } else if KeyedHash.hash(entry.prev + canonical, outputCount: 32) != entry.hash {
+                        broken = (claimed, "hash does not match the entry's content")
+                    }
+                case let .pruned(s, _, p, h):
+                    (seq, prev, hash) = (s, p, h)
+                    if claimed > pruned { broken = (claimed, "entry is pruned but the log is pruned through \(pruned) only") }
                 }
-                expected = AuditHead(seq: claimed, hash: entry.hash)
+                if keySeq != claimed || seq != claimed {
+                    broken = (claimed, "sequence gap or reordering (found \(keySeq))")
+                } else if prev != expected.hash {
+                    broken = (claimed, "prev does not match the hash of entry \(expected.seq)")
+                }
+                expected = AuditHead(seq: claimed, hash: hash)
             } catch {
                 broken = (claimed, "entry cannot be decoded")
             }
             count += 1
             return broken == nil ? .continue : .stop
+        }
+        if broken == nil, count < pruned {
+            broken = (count + 1, "the log is pruned through \(pruned) but ends at \(count)")
         }
         if broken == nil {
             let head = try self.head(in: ks, dbs: dbs)
@@ -332,13 +403,17 @@ enum AuditLog {
                 broken = (min(head.seq, expected.seq) + 1, "log ends at \(expected.seq) but the recorded head is \(head.seq)")
             }
         }
-        return AuditVerification(entries: count, firstBroken: broken?.0, reason: broken?.1)
+        return AuditVerification(entries: count, pruned: pruned, firstBroken: broken?.0, reason: broken?.1)
     }
 
     /// Entry `seq`, from the archive when it is archived (`archived` is the mark), else the tail.
     static func entry(seq: UInt64, archived: UInt64, in ks: borrowing Transaction, _ rec: borrowing Transaction,
                       audit: AuditDatabases) throws -> Optional<AuditEntry> {
-        func decode(_ b: UnsafeRawBufferPointer?) throws -> AuditEntry? { try b.map { try AuditEntry.decode($0).entry } }
+        func decode(_ b: UnsafeRawBufferPointer?) throws -> AuditEntry? {
+            guard let b else { return nil }
+            guard case let .entry(e, _) = try AuditEntry.decodeStored(b) else { return nil }  // pruned
+            return e
+        }
         return seq <= archived
             ? try rec.withValue(forKey: Layout.auditKey(seq), in: audit.archivedEntries, decode)
             : try ks.withValue(forKey: Layout.auditKey(seq), in: audit.entries, decode)

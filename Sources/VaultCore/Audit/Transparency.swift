@@ -29,6 +29,14 @@ public struct AuditInclusionProof: Sendable, Equatable {
     public let path: [[UInt8]]
 }
 
+/// A log's pruned entries as a verifier needs them: how many there are, and the hashes of the
+/// complete subtrees that cover them, largest first (one per bit of `size`, as RFC 9162 splits
+/// a tree). With these and the entries after them, the root of every later head is recomputed.
+public struct AuditPrunedPrefix: Sendable, Equatable {
+    public let size: UInt64
+    public let subtrees: [[UInt8]]
+}
+
 extension Vault {
     /// The log of `tenant` (its own entries), or the operator's (every entry, without targets).
     private func log(_ tenant: TenantID?, in ks: borrowing Transaction, dbs: KeystoreDatabases,
@@ -72,6 +80,22 @@ extension Vault {
             try Self.checkSize(to, current)
             guard from <= to else { throw VaultError.refused("\"from\" (\(from)) is beyond \"to\" (\(to))") }
             return try AuditTree.consistencyProof(log, from: from, to: to, in: ks, rec, audit: context.audit)
+        }
+    }
+
+    /// What pruning left of the log's first entries (`AuditRetention`), for a verifier whose
+    /// saved entries start after them.
+    public func auditPrunedPrefix(tenant: TenantID?) async throws -> AuditPrunedPrefix {
+        try await perform { ks, rec, context in
+            let dbs = self.writer.stores.ks
+            let (log, _) = try self.log(tenant, in: ks, dbs: dbs, context: context)
+            let size = try AuditLog.prunedCount(log, in: rec, audit: context.audit)
+            var subtrees: [[UInt8]] = [], offset: UInt64 = 0
+            for level in stride(from: 63, through: 0, by: -1) where size >> UInt64(level) & 1 == 1 {
+                subtrees.append(try AuditTree.subtree(log, UInt8(level), offset >> UInt64(level), in: ks, rec, audit: context.audit))
+                offset += 1 << UInt64(level)
+            }
+            return AuditPrunedPrefix(size: size, subtrees: subtrees)
         }
     }
 

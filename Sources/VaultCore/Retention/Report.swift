@@ -24,6 +24,8 @@ public struct VaultStatistics: Sendable, Equatable {
     /// Moves of the audit's tail that failed or were put off since the daemon started
     /// (`records/` full, or down to the reserve it keeps for deletes).
     public let auditMovesFailed: Int
+    /// The first entries, whose content the sweep pruned past the audit retention.
+    public let auditPruned: UInt64
     public let masterKeyGeneration: UInt64
     public let keystoreBytes: Int
     public let recordStoreBytes: Int
@@ -73,6 +75,7 @@ extension Vault {
                 tenants: try ks.count(in: dbs.tenants), records: try ks.count(in: dbs.records),
                 auditEntries: context.auditHead.seq, auditArchived: try AuditLog.archived(in: ks, dbs: dbs),
                 auditMovesFailed: self.writer.auditMovesFailed.load(ordering: .relaxed),
+                auditPruned: try AuditLog.prunedCount(AuditTree.operatorLog, in: rec, audit: context.audit),
                 masterKeyGeneration: context.masterGeneration,
                 keystoreBytes: Compaction.fileSize(self.writer.stores.keystore.path + "/data.mdb"),
                 recordStoreBytes: Compaction.fileSize(self.writer.stores.records.path + "/data.mdb"),

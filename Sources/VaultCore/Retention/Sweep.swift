@@ -15,6 +15,11 @@ public struct SweepSummary: Sendable, Equatable {
     public var ciphertextsRemoved = 0
     /// Orphan ciphertexts among them (a crash between the two commits of a write).
     public var orphansRemoved = 0
+    /// Audit entries pruned past the audit retention (their content; their hashes stay).
+    public var auditEntriesPruned: UInt64 = 0
+    /// The audit retention applied: the configured one, or the longest record retention in
+    /// force when that is longer.
+    public var auditRetentionSeconds: Int64 = 0
     /// Milliseconds until every expired key was destroyed (one commit).
     public var keyDestructionMilliseconds: Int64 = 0
     public var totalMilliseconds: Int64 = 0
@@ -26,7 +31,8 @@ public struct SweepSummary: Sendable, Equatable {
 ///    past-due records in the holding bucket die one by one;
 /// 2. dead entries (and offboarded tenants' entries) are removed in batches, each batch's
 ///    ciphertexts deleted after its keystore commit;
-/// 3. orphan ciphertexts (no wrapped DEK for that version) are removed in batches.
+/// 3. orphan ciphertexts (no wrapped DEK for that version) are removed in batches;
+/// 4. audit entries past the audit retention are pruned (`AuditRetention`), in batches.
 struct Sweeper {
     let stores: Stores
     let context: OperationContext
@@ -50,8 +56,16 @@ struct Sweeper {
         summary.keyDestructionMilliseconds = elapsed()
         try removeDeadEntries()
         try removeOrphans()
+        let pruned = try AuditRetention.prune(stores, now: context.now, configured: context.configuration.auditRetentionSeconds,
+                                              chunk: batchSize)
+        summary.auditEntriesPruned = pruned.pruned
+        summary.auditRetentionSeconds = pruned.retentionSeconds
         summary.totalMilliseconds = elapsed()
         try stores.write { txn, rec in
+            if pruned.pruned > 0 {
+                try AuditLog.append(.init(tenant: nil, actor: actor, action: "audit.prune", target: nil, count: pruned.pruned),
+                                    in: txn, rec, dbs: dbs, context: context)
+            }
             try AuditLog.append(.init(tenant: nil, actor: actor, action: "sweep", target: nil,
                                       count: UInt64(summary.entriesRemoved + summary.heldRecordsExpired)),
                                 in: txn, rec, dbs: dbs, context: context)
