@@ -144,4 +144,68 @@ import VaultCore
         try "{not json".write(toFile: dir + "/entries/3.json", atomically: true, encoding: .utf8)
         #expect(try Self.verify(dir).status == 2)
     }
+
+    /// After the sweep pruned a log's first entries: a client company that kept its entries from
+    /// 1 checks them against `pruned.json`; one that saves only what is left starts after them.
+    /// Both verifiers agree, and a pruned prefix that does not match the kept entries is named.
+    @Test func aPrunedLogVerifiesOfflineFromThePrunedSubtrees() async throws {
+        let h = try await ServerHarness.start(manualClock: true, auditTail: 16)
+        defer { Task { await h.stop() } }
+        let acme = try await h.tenant("acme")
+        func write(_ n: Int) async throws {
+            for i in 0..<n {
+                let w = try await acme.agent.send("POST", "/v1/records", body: json(
+                    ["subject": "cust-\(i)", "category": "personal", "channel": "phone", "data": ["n": i]]))
+                #expect(w.status == 201)
+            }
+        }
+        try await write(9)
+        let kept = h.directory + "/kept", fresh = h.directory + "/fresh"
+        let keys = try await h.client(nil).send("GET", "/v1/audit/keys")
+        for dir in [kept, fresh] { try Self.save(keys, dir + "/keys.json") }
+        try Self.save(try await acme.admin.send("GET", "/v1/audit/head"), kept + "/heads/1.json")
+        try Self.save(try await acme.admin.send("GET", "/v1/audit"), kept + "/entries/1.json")
+        let before = try await acme.admin.send("GET", "/v1/audit/pruned").object()
+        #expect(before["size"] as? Int == 0 && (before["subtrees"] as? [Any])?.isEmpty == true, "\(before)")
+
+        h.clock.advance(seconds: AuditRetention.defaultSeconds + 86_400)
+        try await write(40)
+        let sweep = try await h.operatorClient.send("POST", "/v1/admin/sweep").object()
+        #expect((sweep["audit_entries_pruned"] as? Int ?? 0) > 0, "\(sweep)")
+        #expect(sweep["audit_retention"] as? String == "P400D")
+        let verify = try await h.operatorClient.send("GET", "/v1/admin/audit/verify").object()
+        #expect(verify["intact"] as? Bool == true && (verify["pruned"] as? Int ?? 0) > 0, "\(verify)")
+        let pruned = try await acme.admin.send("GET", "/v1/audit/pruned")
+        // The tenant's creation, its two tokens and nine writes: twelve entries, 8 + 4.
+        #expect(try pruned.object()["size"] as? Int == 12 && (try pruned.object()["subtrees"] as? [Any])?.count == 2, "\(pruned.text)")
+        let rest = try await acme.admin.send("GET", "/v1/audit")
+        #expect((try rest.object()["entries"] as? [[String: Any]])?.first?["seq"] as? Int == 13, "\(rest.text)")
+        let head = try await acme.admin.send("GET", "/v1/audit/head")
+        for dir in [kept, fresh] {
+            try Self.save(pruned, dir + "/pruned.json")
+            try Self.save(head, dir + "/heads/2.json")
+        }
+        try Self.save(rest, kept + "/entries/2.json")
+        try Self.save(rest, fresh + "/entries/1.json")
+        for dir in [kept, fresh] {
+            let ok = try Self.verify(dir)
+            #expect(ok.status == 0 && ok.output.contains(": ok"), "\(dir): \(ok.output)")
+        }
+
+        // Without pruned.json, what is left cannot be checked from entry 1: named.
+        try FileManager.default.removeItem(atPath: fresh + "/pruned.json")
+        let missing = try Self.verify(fresh)
+        #expect(missing.status == 1 && missing.output.contains("entry 1 is missing"), "\(missing.output)")
+        // A pruned prefix that is not the kept entries' (one subtree swapped for another log's): named.
+        var forged = try pruned.object()
+        var subtrees = try #require(forged["subtrees"] as? [String])
+        subtrees.swapAt(0, 1)
+        forged["subtrees"] = subtrees
+        try JSONSerialization.data(withJSONObject: forged).write(to: URL(fileURLWithPath: kept + "/pruned.json"))
+        let rewritten = try Self.verify(kept)
+        #expect(rewritten.status == 1 && rewritten.output.contains("the subtrees of the 12 pruned entries"), "\(rewritten.output)")
+        try JSONSerialization.data(withJSONObject: forged).write(to: URL(fileURLWithPath: fresh + "/pruned.json"))
+        let wrongRoot = try Self.verify(fresh)
+        #expect(wrongRoot.status == 1 && wrongRoot.output.contains("does not match the pruned entries' subtrees"), "\(wrongRoot.output)")
+    }
 }

@@ -25,7 +25,7 @@ final class ServerHarness: @unchecked Sendable {
     }
 
     static func start(maxBody: Int = 1 << 20, bucketWidthSeconds: Int64 = 86_400, recordsMapSize: Int = 1 << 30,
-                      manualClock: Bool = false,
+                      manualClock: Bool = false, auditTail: UInt64 = AuditArchive.defaultTail,
                       configure: (inout ServerConfiguration) -> Void = { _ in },
                       logger customLogger: Logger? = nil, in existing: String? = nil) async throws -> ServerHarness {
         // sun_path is 108 bytes: keep the socket directory short.
@@ -36,6 +36,7 @@ final class ServerHarness: @unchecked Sendable {
         var configuration = VaultConfiguration(bucketWidthSeconds: bucketWidthSeconds, keystoreMapSize: 256 << 20,
                                                recordsMapSize: recordsMapSize, clock: clock.vaultClock)
         configuration.commitObserver = ServerMetrics.commitObserver
+        configuration.auditTail = auditTail
         let vault = try Vault.create(dataDirectory: directory + "/data", masterKeyFile: directory + "/keys/master.key",
                                      configuration: configuration)
         let issued = try await vault.issueToken(tenant: nil, role: .operator, name: "test operator", actor: .system)

@@ -24,12 +24,15 @@ struct AuditDirectory {
     }
     struct Consistency { var from: Int128, to: Int128, path: [String], where_: String }
     struct Inclusion { var seq: Int128, size: Int128, leafHash: String, path: [String], where_: String }
+    struct Pruned { var size: Int128, subtrees: [String], where_: String }
 
     var keys: [Key] = []
     var heads: [Head] = []
     var entries: [Entry] = []
     var consistency: [Consistency] = []
     var inclusion: [Inclusion] = []
+    /// `pruned.json` (`GET /v1/audit/pruned`), when saved.
+    var pruned: Pruned?
 
     static func join(_ a: String, _ b: String) -> String { a.hasSuffix("/") ? a + b : a + "/" + b }
 
@@ -79,6 +82,11 @@ struct AuditDirectory {
             let o = try proof(p, ("seq", "size"), w)
             out.inclusion.append(Inclusion(seq: try int(o, "seq", w), size: try int(o, "size", w),
                                            leafHash: try string(o, "leaf_hash", w)!, path: try strings(o, "path", w), where_: w))
+        }
+        let ppath = join(d, "pruned.json")
+        if FileManager.default.fileExists(atPath: ppath) {
+            let o = try object(try json(ppath), ppath)
+            out.pruned = Pruned(size: try int(o, "size", ppath), subtrees: try strings(o, "subtrees", ppath), where_: ppath)
         }
         return out
     }

@@ -16,6 +16,8 @@ struct OfflineAuditCheck {
     /// Whose log the heads are of (nil: the operator's).
     var tenant: String?
     var entriesChecked = 0
+    /// The pruned entries the saved ones start after (0: they start at 1).
+    var prunedBase: Int128 = 0
 
     typealias Hash = [UInt8]
     private struct GoodHead { let head: AuditDirectory.Head; let root: Hash }
@@ -105,12 +107,26 @@ struct OfflineAuditCheck {
         }
         let allSizes = Set(d.heads.map(\.size))
 
-        // 3. Entries numbered 1, 2, 3, ...: the leaves are those of the unbroken run from 1.
+        // 3. Entries numbered 1, 2, 3, ... or, when the log is pruned and no entry 1 is saved, from the
+        // first after the pruned ones: the leaves are those of the unbroken run.
+        var base: Int128 = 0, prefix: [Hash] = [], cross: (Int128, [Hash])?
+        if let pruned = d.pruned {
+            let p = pruned.size, subs = pruned.subtrees.map { Self.b64($0, 32) }
+            if p < 0 || subs.contains(where: { $0 == nil }) || subs.count != Self.heights(p).count {
+                broken("pruned", pruned.where_, "\(p) pruned entries are not covered by \(subs.count) subtree hashes "
+                       + "(one per bit of the size, base64 of 32 bytes): not used")
+            } else if p > 0 && d.entries.contains(where: { $0.seq == 1 }) {
+                cross = (p, subs.map { $0! })
+            } else if p > 0 {
+                (base, prefix) = (p, subs.map { $0! })
+            }
+        }
+        prunedBase = base
         var leaves: [Hash] = [], bySeq: [Int128: Hash] = [:], stop = false
         var firstAt: [Int128: Int] = [:]
         for (i, e) in d.entries.enumerated() where firstAt[e.seq] == nil { firstAt[e.seq] = i }
         for (i, e) in d.entries.enumerated() {
-            let seq = e.seq, expected = Int128(leaves.count + 1)
+            let seq = e.seq, expected = base + Int128(leaves.count + 1)
             var lh: Hash?
             switch Self.leaf(e, isOperator: isOperator) {
             case .success(let bytes):
@@ -128,35 +144,53 @@ struct OfflineAuditCheck {
                 continue
             }
             let msg: String
-            if 1 <= seq && seq < expected {
+            if 1 <= seq && seq <= base {
+                msg = "entry \(seq) is among the \(base) pruned entries (pruned.json)"
+            } else if 1 <= seq && seq < expected {
                 msg = "entry \(seq) is repeated (after entry \(expected - 1))"
             } else if seq > expected && (firstAt[expected] ?? -1) > i {
                 msg = "entries out of order: entry \(seq) comes before entry \(expected)"
             } else if seq > expected {
-                msg = "entry \(expected) is missing: entry \(seq) follows " + (expected > 1 ? "entry \(expected - 1)" : "nothing")
+                msg = "entry \(expected) is missing: entry \(seq) follows "
+                    + (expected > base + 1 ? "entry \(expected - 1)" : base > 0 ? "the \(base) pruned entries" : "nothing")
             } else {
                 msg = "entry \(seq) has a seq below 1"
             }
             broken("entries", e.where_, msg + "; entries from \(expected) on are not checked against the heads")
             stop = true
         }
-        let usable = Int128(leaves.count)
+        let usable = base + Int128(leaves.count)
         entriesChecked = leaves.count
+        if let (p, subs) = cross {
+            if usable < p {
+                notes.append("\(d.pruned!.where_): not checked: \(p) entries are pruned, \(usable) saved from entry 1")
+            } else if Self.subtrees(of: leaves, Int(p)) != subs {
+                broken("history", d.pruned!.where_, "history rewritten: the subtrees of the \(p) pruned entries are not "
+                       + "those of the saved entries 1 to \(p)")
+            }
+        }
 
-        // 4. The root of every head within the entries is that of the entries.
-        let tree = MerkleTree(leafHashes: leaves)
+        // 4. The root of every head within the entries is that of the entries (after the pruned ones' subtrees).
+        let roots = Self.roots(at: Set(good.map(\.head.size).filter { base <= $0 && $0 <= usable }), leaves: leaves,
+                               base: base, prefix: prefix)
         var anchored: Set<Int128> = []
-        for h in good where h.head.size <= usable {
+        for h in good where base <= h.head.size && h.head.size <= usable {
             let s = h.head.size
-            if (try? tree.root(size: UInt64(s))) == h.root {
+            if roots[s] == h.root {
                 anchored.insert(s)
                 continue
             }
             let below = anchored.filter { $0 < s }.max() ?? 0
             let place = below > 0 ? "the head of size \(below) matches, so the rewrite lies in \(Self.span(below + 1, s))"
                                   : "no smaller head matches: the rewrite lies somewhere in \(Self.span(1, s))"
-            broken("history", h.head.where_,
-                   "history rewritten: \(h.head.label) does not match the saved entries 1 to \(s) (\(place))")
+            let what = base == 0 ? "the saved entries 1 to \(s)"
+                : "the pruned entries' subtrees" + (s > base ? " and the saved entries \(base + 1) to \(s)" : "")
+            broken("history", h.head.where_, "history rewritten: \(h.head.label) does not match \(what) (\(place))")
+        }
+        let within = Set(good.map(\.head.size).filter { $0 < base }).sorted()
+        if !within.isEmpty {
+            notes.append("heads of size \(within.map(String.init).joined(separator: ", ")) lie within the \(base) pruned entries: "
+                         + "checked by signature only")
         }
         if let largest = good.map(\.head.size).max(), usable > largest {
             notes.append("\(Self.span(largest + 1, usable)): in no saved head yet")
@@ -221,7 +255,8 @@ struct OfflineAuditCheck {
             }
         }
         let past = Set(good.map(\.head.size).filter { $0 > usable }).sorted()
-        let beyond = "past the \(usable) entries checked" + (usable < Int128(d.entries.count) ? " (\(d.entries.count) saved)" : "")
+        let beyond = base > 0 ? "past the \(base) pruned and \(leaves.count) saved entries checked"
+            : "past the \(usable) entries checked" + (usable < Int128(d.entries.count) ? " (\(d.entries.count) saved)" : "")
         let unproven = past.filter { !covered.contains($0) }, provenPast = past.filter { covered.contains($0) }
         if !unproven.isEmpty {
             notes.append("heads of size \(unproven.map(String.init).joined(separator: ", ")) go \(beyond): checked by signature only")
@@ -262,6 +297,48 @@ struct OfflineAuditCheck {
 
     /// What a head's signature covers: `json.dumps({"at","root","size","tenant"}, sort_keys=True,
     /// separators=(",", ":"))`, as the vault and the script write it.
+    /// The heights of the complete subtrees of a tree of `n` leaves, largest first (the bits of `n`).
+    static func heights(_ n: Int128) -> [Int] {
+        guard n > 0 else { return [] }
+        return (0..<128).reversed().filter { n >> $0 & 1 == 1 }
+    }
+
+    /// The MTH of the first `s` leaves for every `s` of `sizes` (`base <= s <= base + leaves.count`),
+    /// in one pass: a tree is its complete subtrees for the bits of its size, folded from the
+    /// right. The first `base` leaves are given by their complete subtrees (`prefix`, largest first).
+    static func roots(at sizes: Set<Int128>, leaves: [Hash], base: Int128, prefix: [Hash]) -> [Int128: Hash] {
+        var stack = Array(zip(heights(base), prefix))
+        func fold() -> Hash {
+            guard var acc = stack.last?.1 else { return MerkleTree.emptyRoot }
+            for (_, left) in stack.dropLast().reversed() { acc = MerkleTree.nodeHash(left, acc) }
+            return acc
+        }
+        var out: [Int128: Hash] = [:]
+        if sizes.contains(base) { out[base] = fold() }
+        for (i, leaf) in leaves.enumerated() {
+            var h = leaf, height = 0
+            while let top = stack.last, top.0 == height {
+                h = MerkleTree.nodeHash(stack.removeLast().1, h)
+                height += 1
+            }
+            stack.append((height, h))
+            if sizes.contains(base + Int128(i + 1)) { out[base + Int128(i + 1)] = fold() }
+        }
+        return out
+    }
+
+    /// The hashes of the complete subtrees covering the first `n` leaves, largest first.
+    static func subtrees(of leaves: [Hash], _ n: Int) -> [Hash] {
+        var out: [Hash] = [], lo = 0
+        for b in heights(Int128(n)) {
+            var level = Array(leaves[lo..<lo + (1 << b)])
+            while level.count > 1 { level = stride(from: 0, to: level.count, by: 2).map { MerkleTree.nodeHash(level[$0], level[$0 + 1]) } }
+            out.append(level[0])
+            lo += 1 << b
+        }
+        return out
+    }
+
     static func signedBytes(_ h: AuditDirectory.Head) -> [UInt8] {
         Array(("{\"at\":\(pyJSON(h.at)),\"root\":\(pyJSON(h.root)),\"size\":\(h.size),\"tenant\":"
                + (h.tenant.map(pyJSON) ?? "null") + "}").utf8)
@@ -401,6 +478,7 @@ extension OfflineAuditCheck {
             w.key("tenant")
             if let t = report.tenant { w.string(t) } else { w.null() }
             w.field("entries_checked", Int64(report.entriesChecked))
+            w.field("pruned", Int64(report.prunedBase))
             w.key("problems")
             w.beginArray()
             for p in report.problems {
