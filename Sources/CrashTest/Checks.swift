@@ -422,6 +422,85 @@ final class Checker {
             violations.add("audit chain broken", "verify answered \(v)")
         }
         checkOperatorLog()
+        if daemonLost { return }
+        checkTenantLogs()
+    }
+
+    /// Every committed write (acknowledged, or found after the restart) has its `record.write`
+    /// entry in its tenant's audit, and the newest such entry is a leaf of the tenant's signed
+    /// head (its inclusion proof, checked here with RFC 9162's algorithm, over the leaf
+    /// computed from the entry as listed). Each tenant's audit is read on from where the last
+    /// round stopped.
+    private func checkTenantLogs() {
+        while model.auditRead.count < tokens.count { model.auditRead.append(0); model.auditedWrites.append([]) }
+        for (t, token) in tokens.enumerated() {
+            let admin = VaultHTTPClient(endpoint: .unixSocket(path: socket), token: token.admin, timeout: 60)
+            var newest: [String: Any]?
+            while true {
+                let page = admin.call("GET", "/v1/audit?after=\(model.auditRead[t])&limit=1000")
+                guard page.status == 200, let entries = page.object?["entries"] as? [[String: Any]] else {
+                    if page.status == nil { lost("GET /v1/audit", page) } else { violations.add("audit listing refused", page.summary) }
+                    return
+                }
+                for e in entries {
+                    guard let seq = (e["seq"] as? NSNumber)?.uint64Value, seq == model.auditRead[t] + 1 else {
+                        violations.add("audit numbering", "tenant \(t): entry \(e["seq"] ?? "?") follows \(model.auditRead[t])")
+                        return
+                    }
+                    model.auditRead[t] = seq
+                    if e["action"] as? String == "record.write", e["outcome"] as? String == "ok",
+                       let target = e["target"] as? String, target.hasPrefix("record:") {
+                        model.auditedWrites[t].insert(String(target.dropFirst("record:".count)))
+                        newest = e
+                    }
+                }
+                if entries.count < 1000 { break }
+            }
+            let missing = model.records.filter { $0.tenant == t && !model.auditedWrites[t].contains($0.id) }
+            if let first = missing.first {
+                violations.add("write without its audit entry", "\(missing.count) of tenant \(t)'s committed writes have no "
+                               + "record.write entry, e.g. \(first.describe)")
+            }
+            if let newest { checkLeaf(newest, tenant: t, admin) }
+        }
+    }
+
+    private func checkLeaf(_ e: [String: Any], tenant t: Int, _ admin: VaultHTTPClient) {
+        func hex(_ s: String) -> [UInt8]? {
+            let u = Array(s.utf8)
+            guard u.count % 2 == 0 else { return nil }
+            var out: [UInt8] = []
+            for i in stride(from: 0, to: u.count, by: 2) {
+                guard let b = UInt8(String(decoding: u[i..<i + 2], as: UTF8.self), radix: 16) else { return nil }
+                out.append(b)
+            }
+            return out
+        }
+        guard let seq = (e["seq"] as? NSNumber)?.uint64Value, let at = (e["at"] as? String).flatMap(RFC3339.parse),
+              let actor = e["actor"] as? String, let action = e["action"] as? String, let outcome = e["outcome"] as? String,
+              let count = (e["count"] as? NSNumber)?.uint64Value, let hash = (e["hash"] as? String).flatMap(hex) else {
+            violations.add("audit entry unreadable", "tenant \(t): \(e)")
+            return
+        }
+        let leaf = MerkleTree.leafHash(AuditEntry.leaf(seq: seq, at: at, tenant: e["tenant"] as? String, actor: actor, action: action,
+                                                       target: e["target"] as? String, outcome: outcome, count: count,
+                                                       reference: e["reference"] as? String, hash: hash))
+        let head = admin.call("GET", "/v1/audit/head")
+        guard head.status == 200, let size = (head.object?["size"] as? NSNumber)?.uint64Value,
+              let root = (head.object?["root"] as? String).flatMap({ Data(base64Encoded: $0) }) else {
+            if head.status == nil { lost("GET /v1/audit/head", head) } else { violations.add("audit head refused", head.summary) }
+            return
+        }
+        let proof = admin.call("GET", "/v1/audit/proof?seq=\(seq)&size=\(size)")
+        guard proof.status == 200, let paths = proof.object?["path"] as? [String] else {
+            if proof.status == nil { lost("GET /v1/audit/proof", proof) } else { violations.add("inclusion proof refused", proof.summary) }
+            return
+        }
+        let path = paths.compactMap { Data(base64Encoded: $0).map(Array.init) }
+        if path.count != paths.count || !MerkleTree.verifyInclusion(leaf: leaf, index: seq - 1, size: size, proof: path, root: Array(root)) {
+            violations.add("write not in the tenant's log", "tenant \(t): entry \(seq) (\(e["target"] ?? "?")) is not a leaf of "
+                           + "its head of \(size) entries")
+        }
     }
 
     /// The operator's transparency log only grew across the kill: the head kept at the last

@@ -211,6 +211,10 @@ final class VaultModel: @unchecked Sendable {
     /// The master key generation the daemon last reported, and the highest a rotation acknowledged.
     /// The operator log's head at the last round's checks: every later head must extend it.
     var operatorHead: (size: UInt64, root: [UInt8])?
+    /// Per tenant: how far its audit has been read (its own seq), and the records its
+    /// `record.write` entries name.
+    var auditRead: [UInt64] = []
+    var auditedWrites: [Set<String>] = []
     var knownGeneration: UInt64 = 1
     var acknowledgedGeneration: UInt64 = 1
     /// Latest possible `expires_at` of ephemeral writes in flight at a kill that were not seen

@@ -88,8 +88,8 @@ public struct AuditEntry: Sendable, Equatable {
     /// docs/api.md spells it out for verifiers; `scripts/verify-audit` implements it. Written
     /// out apart from `canonical` on purpose: the stored entry's format may change, the leaf's
     /// is a contract with every verifier a client company wrote.
-    static func leaf(seq: UInt64, at: Int64, tenant: String?, actor: String, action: String, target: String?,
-                     outcome: String, count: UInt64, reference: String?, hash: [UInt8]) -> [UInt8] {
+    public static func leaf(seq: UInt64, at: Int64, tenant: String?, actor: String, action: String, target: String?,
+                            outcome: String, count: UInt64, reference: String?, hash: [UInt8]) -> [UInt8] {
         var w = ByteWriter(capacity: 160)
         w.u8(1)
         w.u64(seq)
