@@ -24,6 +24,8 @@ enum BenchOperation: Sendable {
     case mixed
     /// `POST /v1/subjects/erase` of the next pre-populated subject.
     case erase
+    /// `GET /v1/audit/proof` of a random entry of the tenant's log, in the tree of `logSize`.
+    case proof
 }
 
 /// One phase (the measured run, or the pre-population before it): immutable, shared by every
@@ -46,6 +48,8 @@ struct BenchPlan: Sendable {
     var ids: [String] = []
     /// `erase`: subjects 0..<subjects exist.
     var subjects = 0
+    /// `proof`: the size of the tenant's log when the phase starts.
+    var logSize: UInt64 = 0
     /// Keep the ids the daemon returns (pre-population for `read` and `mixed`).
     var collectIDs = false
     /// Shown in the progress line.
@@ -107,7 +111,7 @@ private final class BenchShared: Sendable {
 
 /// A request of a phase, and how to count its answer.
 private struct BenchRequest {
-    enum Kind { case health, write, batch(records: Int), read, erase }
+    enum Kind { case health, write, batch(records: Int), read, erase, proof }
     var kind: Kind
     var method: String
     var path: String
@@ -246,6 +250,9 @@ enum BenchEngine {
             appendSubject(ticket, to: &body)
             body += #","reference":"shredvault bench"}"#.utf8
             return BenchRequest(kind: .erase, method: "POST", path: "/v1/subjects/erase", body: body)
+        case .proof:
+            let seq = 1 + random.next() % plan.logSize
+            return BenchRequest(kind: .proof, method: "GET", path: "/v1/audit/proof?seq=\(seq)&size=\(plan.logSize)")
         }
     }
 
@@ -281,7 +288,7 @@ enum BenchEngine {
     private static func count(_ response: HTTPResponse, of request: BenchRequest, plan: BenchPlan,
                               into tally: inout BenchTally) {
         switch request.kind {
-        case .health:
+        case .health, .proof:
             break
         case .write, .read:
             tally.records += 1

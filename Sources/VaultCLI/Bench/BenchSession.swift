@@ -65,12 +65,21 @@ struct BenchSession {
                                      token: agentToken)
             report.prepopulated = phase.tally.records
             report.prepopulateSeconds = Double(monotonicNanoseconds() - started) / 1e9
+        case .proof:
+            let started = monotonicNanoseconds()
+            let phase = try populate(records: settings.prepopulate, collectIDs: false, token: agentToken)
+            report.prepopulated = phase.tally.records
+            report.prepopulateSeconds = Double(monotonicNanoseconds() - started) / 1e9
+            let admin = VaultHTTPClient(endpoint: .unixSocket(path: settings.socketPath), token: adminToken, timeout: settings.timeout)
+            let size = try JSONValue.parse(try call(admin, "GET", "/v1/audit/head").body)["size"]?.int ?? 0
+            guard size > 0 else { throw CLIError("the bench tenant's audit log is empty") }
+            plan.logSize = UInt64(size)
         default:
             break
         }
 
         let before = try statistics(operatorClient)
-        let clients = connections(settings.connections, token: settings.mode == .erase ? adminToken : agentToken)
+        let clients = connections(settings.connections, token: settings.mode == .erase || settings.mode == .proof ? adminToken : agentToken)
         report.phase = try BenchEngine.run(plan, clients: clients)
         let after = try statistics(operatorClient)
         report.commitBatches = after.batches - before.batches
@@ -92,6 +101,7 @@ struct BenchSession {
         case .read: .read
         case .mixed: .mixed
         case .erase: .erase
+        case .proof: .proof
         }
         var plan = BenchPlan(operation: operation, count: settings.count, duration: settings.duration,
                              label: settings.mode.rawValue)

@@ -5,7 +5,7 @@ import Foundation
 enum BenchMode: String, CaseIterable, ExpressibleByArgument, Sendable {
     case health, write
     case writeBatch = "write-batch"
-    case read, mixed, erase
+    case read, mixed, erase, proof
 }
 
 /// `shredvault bench`: a load generator for a running daemon (as `pgbench` and `redis-benchmark`
@@ -28,7 +28,9 @@ struct BenchCommand: AsyncParsableCommand {
             every read is audited durably); mixed (the same pre-population, then 90% reads and \
             10% writes); erase (pre-populates --subjects subjects of --records-per-subject \
             records, then erases them concurrently with POST /v1/subjects/erase; runs until all \
-            are erased unless --duration or --count stops it first).
+            are erased unless --duration or --count stops it first); proof (pre-populates \
+            --prepopulate records, then asks GET /v1/audit/proof for a random entry of the \
+            tenant's log at its size then, with the admin token: the transparency log's read path).
 
             Prints requests/s, records/s (erase: subjects/s), latency p50/p90/p99/max of every \
             request (ms), failures by status, and the daemon's group commits during the run; \
@@ -36,7 +38,7 @@ struct BenchCommand: AsyncParsableCommand {
             terminal. Exit 1 when no request succeeded.
             """)
 
-    @Option(help: ArgumentHelp("health, write, write-batch, read, mixed or erase.", valueName: "mode"))
+    @Option(help: ArgumentHelp("health, write, write-batch, read, mixed, erase or proof.", valueName: "mode"))
     var mode: BenchMode = .write
 
     @Option(help: ArgumentHelp("Concurrent keep-alive connections, one thread each.", valueName: "n"))
