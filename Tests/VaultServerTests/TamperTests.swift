@@ -838,10 +838,18 @@ extension TamperTests {
     }
 
     /// The audit chain is BLAKE2b without a key, its head in the same keystore: whoever can
-    /// write the keystore can change an entry and recompute every later hash and the head.
+    /// write the keystore can change an entry and recompute every later hash and the head, and
+    /// the vault's own check of the chain then passes (a known issue). What catches it is the
+    /// transparency log's head signed before the rewrite and kept outside the vault: the
+    /// offline verifiers name the rewrite from that head and the entries listed after it.
     @Test func auditChainRewrittenWithRecomputedHashes() async throws {
         let v = try await TamperVault.make()
         do {
+            let kept = v.dir + "/operator-audit"
+            try await v.start()
+            try AuditTransparencyRouteTests.save(try await v.operatorClient.send("GET", "/v1/audit/keys"), kept + "/keys.json")
+            try AuditTransparencyRouteTests.save(try await v.operatorClient.send("GET", "/v1/audit/head"), kept + "/heads/1.json")
+            await v.stop()
             let entries = try v.entries(.keystore, Layout.audit)
             var prev: [UInt8] = []
             for (key, value) in entries {
@@ -851,7 +859,7 @@ extension TamperTests {
                     prev = entry.hash
                     continue
                 }
-                if seq == 5 { canonical[10] ^= 0x01 }   // the entry's time
+                if seq == 5 { canonical[16] ^= 0x01 }   // the entry's time, by a millisecond
                 let hash = KeyedHash.hash(prev + canonical, outputCount: 32)
                 try v.set(.keystore, Layout.audit, key, canonical + prev + hash)
                 prev = hash
@@ -865,6 +873,11 @@ extension TamperTests {
             withKnownIssue("an unkeyed hash chain: a rewrite with recomputed hashes verifies as intact") {
                 recordProblems(problems, "recomputed audit chain")
             }
+            try AuditTransparencyRouteTests.save(try await v.operatorClient.send("GET", "/v1/admin/audit?after=0&limit=1000"),
+                                                 kept + "/entries/1.json")
+            try AuditTransparencyRouteTests.save(try await v.operatorClient.send("GET", "/v1/audit/head"), kept + "/heads/2.json")
+            let offline = try AuditTransparencyRouteTests.verify(kept)
+            #expect(offline.status == 1 && offline.output.contains("history rewritten"), "\(offline.output)")
             await v.stop()
         } catch {
             Issue.record(error)
