@@ -279,7 +279,7 @@ public final class Vault: Sendable {
             let writer = GroupCommitWriter(stores: stores, state: state, maxBatch: configuration.maxBatch)
             writer.start()
             return Vault(writer: writer, tokens: tokens, lock: lock, dataDirectory: dataDirectory, configuration: configuration,
-                         tokenRowFailures: tokenFailures, auditHeads: AuditHeads(signer: signer))
+                         tokenRowFailures: tokenFailures, auditHeads: AuditHeads(signer: signer, file: auditKey))
         } catch {
             stores.journal?.close()
             keystore.close()

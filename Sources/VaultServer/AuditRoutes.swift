@@ -98,16 +98,18 @@ extension VaultServer {
                 w.beginObject()
                 w.key("keys")
                 w.beginArray()
-                for k in keys {
-                    w.beginObject()
-                    w.field("key_id", k.keyID)
-                    w.field("public_key", Self.base64(k.publicKey))
-                    w.time("from", k.from)
-                    w.endObject()
-                }
+                for k in keys { Self.writeKey(k, into: &w) }
                 w.endArray()
                 w.endObject()
             }
+        }
+
+        // The operator rotates the signing key; the old public keys stay listed.
+        router.post("/v1/admin/audit/keys") { request, context -> Response in
+            let p = try self.operatorPrincipal(request)
+            let key = try await maintenance("audit key rotation", context.logger) { try await self.vault.rotateAuditKey(actor: p.actor) }
+            context.logger.notice("audit signing key rotated", metadata: ["key_id": "\(key.keyID)"])
+            return jsonResponse(.created) { w in Self.writeKey(key, into: &w) }
         }
 
         router.get("/v1/report") { request, _ -> Response in
@@ -201,6 +203,14 @@ extension VaultServer {
     }
 
     static func base64(_ bytes: [UInt8]) -> String { Data(bytes).base64EncodedString() }
+
+    static func writeKey(_ k: AuditPublicKey, into w: inout JSONWriter) {
+        w.beginObject()
+        w.field("key_id", k.keyID)
+        w.field("public_key", base64(k.publicKey))
+        w.time("from", k.from)
+        w.endObject()
+    }
 
     static func writePath(_ path: [[UInt8]], into w: inout JSONWriter) {
         w.key("path")

@@ -244,4 +244,48 @@ private func removeTrees(_ ks: borrowing Transaction, _ dbs: KeystoreDatabases, 
         #expect(FileManager.default.createFile(atPath: path, contents: original, attributes: [.posixPermissions: 0o600]))
         #expect { try open(tv.configuration) } throws: { "\($0)".contains("an earlier audit key") }
     }
+
+    /// A rotation lists the new key after the old ones (heads signed before still verify with
+    /// theirs) and leaves the new key in the file; one cut between listing the key and renaming
+    /// its file is finished at the next open, one cut before listing it is undone.
+    @Test func rotatingTheSigningKeyKeepsTheOldKeysListedAndCompletesAfterACrash() async throws {
+        let tv = try TestVault()
+        _ = try await tv.vault.createTenant(acme, actor: .system)
+        let path = tv.dir.path + "/keys/audit.key"
+        func verifies(_ h: SignedTreeHead, _ k: AuditPublicKey) -> Bool {
+            SigningKey.verify(signature: h.signature, of: SignedTreeHead.signedBytes(size: h.size, root: h.root,
+                              at: RFC3339.format(milliseconds: h.at), tenant: h.tenant), publicKey: k.publicKey)
+        }
+        let before = try await tv.vault.auditTreeHead(tenant: acme)
+        let old = try await tv.vault.auditPublicKeys()
+        let new = try await tv.vault.rotateAuditKey(actor: .system)
+        let keys = try await tv.vault.auditPublicKeys()
+        #expect(keys.count == old.count + 1 && Array(keys.prefix(old.count)) == old && keys.last == new)
+        let after = try await tv.vault.auditTreeHead(tenant: acme)
+        #expect(after.keyID == new.keyID && before.keyID == old.last!.keyID)
+        #expect(verifies(before, old.last!) && verifies(after, new) && !verifies(after, old.last!))
+        #expect(!FileManager.default.fileExists(atPath: path + ".next"))
+        #expect(try await tv.vault.auditEntries(tenant: nil, after: 0, limit: 1000)
+            .contains { $0.action == "audit.rotate_key" && $0.target == nil })  // the operator's view has no targets
+        #expect(Posix.mode(path) == 0o600)
+
+        // Cut between the listing and the rename: the new key in `.next`, the old one in the file.
+        let rotatedFrom = try Data(contentsOf: URL(fileURLWithPath: path))
+        let third = try await tv.vault.rotateAuditKey(actor: .system)
+        tv.vault.close()
+        try FileManager.default.moveItem(atPath: path, toPath: path + ".next")
+        #expect(FileManager.default.createFile(atPath: path, contents: rotatedFrom, attributes: [.posixPermissions: 0o600]))
+        let finished = try tv.reopen()
+        #expect(try await finished.auditTreeHead(tenant: acme).keyID == third.keyID)
+        #expect(!FileManager.default.fileExists(atPath: path + ".next"))
+        finished.close()
+
+        // Cut before the listing: a `.next` the keystore does not list is removed, the file kept.
+        try AuditKeyFile(path: path + ".next").create(now: 0)
+        let undone = try tv.reopen()
+        defer { undone.close() }
+        #expect(try await undone.auditTreeHead(tenant: acme).keyID == third.keyID)
+        #expect(try await undone.auditPublicKeys().count == keys.count + 1)
+        #expect(!FileManager.default.fileExists(atPath: path + ".next"))
+    }
 }

@@ -1,12 +1,34 @@
 import ArgumentParser
 import VaultClient
 
-/// `shredvault audit tail|follow|verify`.
+/// `shredvault audit tail|follow|verify|rotate-key`.
 struct AuditCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "audit",
         abstract: "Read and verify the tamper-evident audit log.",
-        subcommands: [Tail.self, Follow.self, Verify.self])
+        subcommands: [Tail.self, Follow.self, Verify.self, RotateKey.self])
+
+    struct RotateKey: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "rotate-key",
+            abstract: "Sign the audit's tree heads with a new key from now on (operator token).",
+            discussion: """
+                The daemon makes a new Ed25519 key in its audit key file (the old file is \
+                overwritten and removed) and lists its public key after the others, so heads \
+                signed before still verify with GET /v1/audit/keys. Prints the new key. Copy the \
+                new key file to any standby before it may be promoted.
+                """)
+
+        @OptionGroup var client: ClientOptions
+
+        func run() throws {
+            try withDaemon(client) { daemon in
+                try daemon.show(try daemon.call("POST", "/v1/admin/audit/keys")) { v in
+                    "audit heads are signed by key \(v["key_id"]?.plainText ?? "?") from \(v["from"]?.plainText ?? "?") on"
+                }
+            }
+        }
+    }
 
     struct Tail: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -108,7 +130,10 @@ struct AuditCommand: ParsableCommand {
                 let v = try JSONValue.parse(response.body)
                 let entries = v["entries"]?.plainText ?? "?"
                 if v["intact"]?.bool == true {
-                    try daemon.show(response) { _ in "audit chain intact: \(entries) entries verified" }
+                    let pruned = v["pruned"]?.plainText ?? "0"
+                    try daemon.show(response) { _ in
+                        "audit chain intact: \(entries) entries verified" + (pruned == "0" ? "" : " (the first \(pruned) pruned: their links)")
+                    }
                     return
                 }
                 try daemon.show(response) { _ in "" }

@@ -24,6 +24,9 @@ public struct AuditKeyFile: Sendable {
 
     public var exists: Bool { Posix.exists(path) }
 
+    /// Where a rotation makes the next key before the keystore lists it (`AuditKeys.rotate`).
+    var next: AuditKeyFile { AuditKeyFile(path: path + ".next") }
+
     /// Makes a new key made at `now`; refuses to overwrite a file.
     func create(now: Int64) throws {
         guard !exists else { throw VaultError.auditKey("\(path) already exists; refusing to overwrite an audit key") }
@@ -132,6 +135,7 @@ enum AuditKeys {
     /// and tenants see heads signed by a key they have not saved — which they should question.
     static func settle(_ stores: Stores, file: AuditKeyFile, newKey: Bool, now: Int64,
                        progress: ((String) -> Void)?) throws -> AuditSigner {
+        try finishRotation(stores, file: file, progress: progress)
         let keys = try stores.keystore.read { try list(in: $0, dbs: stores.ks) }
         if !file.exists {
             guard keys.isEmpty || newKey else {
@@ -154,6 +158,51 @@ enum AuditKeys {
         }
         let listed = keys + [AuditPublicKey(publicKey: signer.key.publicKey, from: now)]
         try stores.write { ks, _ in try ks.put(encode(listed), forKey: metaKey, in: stores.ks.meta) }
+        return signer
+    }
+
+    /// A rotation cut short: a `.next` file whose key the keystore lists as current replaces
+    /// the file (the rotation committed); one it does not list is shredded (it did not).
+    static func finishRotation(_ stores: Stores, file: AuditKeyFile, progress: ((String) -> Void)?) throws {
+        let next = file.next
+        guard next.exists else { return }
+        let signer = try next.load()
+        let current = try stores.keystore.read { try list(in: $0, dbs: stores.ks) }.last
+        if current?.publicKey == signer.key.publicKey {
+            try Posix.shred(file.path)
+            try Posix.rename(next.path, file.path)
+            try Posix.fsyncDirectory(MasterKeyFile.directory(of: file.path))
+            progress?("finished the rotation of the audit signing key to \(signer.keyID)")
+        } else {
+            try Posix.shred(next.path)
+            progress?("removed \(next.path): a rotation made that key and never listed it")
+        }
+    }
+
+    /// A new signing key, listed after the others from now on. It is made beside the file
+    /// (`.next`, 0600), listed in the keystore with the rotation's audit entry in one write;
+    /// then the old file is shredded and the new one renamed over it. A crash between the
+    /// steps is finished or undone at the next open (`finishRotation`). Heads signed before
+    /// stay valid: their key is still listed by `GET /v1/audit/keys`.
+    static func rotate(_ stores: Stores, file: AuditKeyFile, context: OperationContext, actor: Actor) throws -> AuditSigner {
+        try finishRotation(stores, file: file, progress: nil)  // a failed rotation of this process
+        let next = file.next
+        try next.create(now: context.now)
+        let signer = try next.load()
+        do {
+            try stores.write { ks, rec in
+                let keys = try list(in: ks, dbs: stores.ks)
+                try ks.put(encode(keys + [AuditPublicKey(publicKey: signer.key.publicKey, from: context.now)]),
+                           forKey: metaKey, in: stores.ks.meta)
+                try AuditLog.append(.init(tenant: nil, actor: actor, action: "audit.rotate_key", target: "audit-key:\(signer.keyID)"),
+                                    in: ks, rec, dbs: stores.ks, context: context)
+            }
+        } catch {
+            try? Posix.shred(next.path)  // never listed: nothing signed with it
+            throw error
+        }
+        context.adoptCommitted()
+        try finishRotation(stores, file: file, progress: nil)
         return signer
     }
 

@@ -5,20 +5,32 @@ import Locking
 /// grown or the last one is a minute old, so a tenant polling sees a head at most a minute
 /// old while entries arrive, and signing costs nothing while they do not.
 final class AuditHeads: Sendable {
-    let signer: AuditSigner
-    private let latest = Locked<[UInt32: SignedTreeHead]>([:])
+    /// The key file the signer came from (rotated by `Vault.rotateAuditKey`).
+    let file: AuditKeyFile
+    private let state: Locked<(signer: AuditSigner, latest: [UInt32: SignedTreeHead])>
     static let freshness: Int64 = 60_000
 
-    init(signer: AuditSigner) { self.signer = signer }
+    init(signer: AuditSigner, file: AuditKeyFile) {
+        self.file = file
+        state = Locked((signer, [:]))
+    }
+
+    var signer: AuditSigner { state.withLock { $0.signer } }
+
+    /// Signs with `signer` from now on; the heads kept were signed by the old key.
+    func replace(_ signer: AuditSigner) {
+        state.withLock { $0 = (signer, [:]) }
+    }
 
     func head(log: UInt32, tenant: String?, size: UInt64, root: [UInt8], now: Int64) -> SignedTreeHead {
-        if let last = latest.withLock({ $0[log] }), last.size == size, last.root == root, now - last.at < Self.freshness {
+        let (signer, last) = state.withLock { ($0.signer, $0.latest[log]) }
+        if let last, last.keyID == signer.keyID, last.size == size, last.root == root, now - last.at < Self.freshness {
             return last
         }
         let message = SignedTreeHead.signedBytes(size: size, root: root, at: RFC3339.format(milliseconds: now), tenant: tenant)
         let head = SignedTreeHead(size: size, root: root, at: now, tenant: tenant, signature: signer.key.sign(message),
                                   keyID: signer.keyID)
-        latest.withLock { $0[log] = head }
+        state.withLock { if $0.signer.keyID == head.keyID { $0.latest[log] = head } }
         return head
     }
 }
@@ -102,6 +114,17 @@ extension Vault {
     private static func checkSize(_ size: UInt64, _ current: UInt64) throws {
         guard size <= current else {
             throw VaultError.refused("the log has \(current) entries; a tree of \(size) does not exist yet")
+        }
+    }
+
+    /// Makes a new audit signing key and signs with it from now on (`POST /v1/admin/audit/keys`,
+    /// `shredvault audit rotate-key`); the old public keys stay listed, so heads signed before
+    /// still verify. Answers the new key.
+    public func rotateAuditKey(actor: Actor) async throws -> AuditPublicKey {
+        try await performExclusive { stores, context in
+            let signer = try AuditKeys.rotate(stores, file: self.auditHeads.file, context: context, actor: actor)
+            self.auditHeads.replace(signer)
+            return try stores.keystore.read { try AuditKeys.list(in: $0, dbs: stores.ks) }.last!
         }
     }
 
