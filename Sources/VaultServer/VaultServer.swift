@@ -37,6 +37,8 @@ public struct ServerConfiguration: Sendable {
     public var socketCheckInterval: Duration = .seconds(1)
     /// Most `GET /v1/audit/stream` answers open at once (503 with `Retry-After` past it).
     public var maxAuditStreams: Int = 64
+    /// How often the operator log's head is signed and logged while entries arrive (`HeadPublisher`).
+    public var headInterval: Duration = .seconds(60)
 
     public init(socketPath: String, listen: (host: String, port: Int)? = nil, maxBody: Int = 1 << 20) {
         self.socketPath = socketPath
@@ -133,16 +135,18 @@ public struct VaultServer: Sendable {
     public func run(logger: Logger, gracefulShutdownSignals: [UnixSignal] = [.sigterm, .sigint],
                     shutdown: ShutdownTrigger? = nil,
                     onRunning: @escaping @Sendable () async -> Void = {}) async throws {
+        let heads = HeadPublisher(vault: vault, interval: configuration.headInterval, logger: logger)
         try await Self.serve(responder: router(logger: logger).buildResponder(), configuration: configuration, logger: logger,
                              gracefulShutdownSignals: gracefulShutdownSignals, onRunning: onRunning,
-                             onGroup: { group in shutdown?.attach(group) })
+                             onGroup: { group in shutdown?.attach(group) }, extraServices: [heads])
     }
 
     /// Serves `responder` as `run` describes (the daemon's routes, or a standby's); `onGroup` gets
     /// the service group before it runs (to end it from a route: a standby's promotion).
     static func serve<Responder: HTTPResponder>(
         responder: Responder, configuration: ServerConfiguration, logger: Logger, gracefulShutdownSignals: [UnixSignal],
-        onRunning: @escaping @Sendable () async -> Void, onGroup: (ServiceGroup) -> Void = { _ in }
+        onRunning: @escaping @Sendable () async -> Void, onGroup: (ServiceGroup) -> Void = { _ in },
+        extraServices: [any Service] = []
     ) async throws where Responder.Context == VaultRequestContext {
         try Self.prepareSocket(configuration.socketPath)
         let socketPath = configuration.socketPath
@@ -201,6 +205,7 @@ public struct VaultServer: Sendable {
                 successTerminationBehavior: .ignore, failureTerminationBehavior: .ignore))
         }
         services.append(.init(service: watch, successTerminationBehavior: .ignore))
+        for s in extraServices { services.append(.init(service: s, successTerminationBehavior: .ignore)) }
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: gracefulShutdownSignals,
                                                       logger: logger))
         groupBox.withLock { $0 = group }
@@ -287,6 +292,38 @@ struct SocketWatch: Service {
                 // Not watched again until the new listener has bound (it remembers its inode).
                 file.forget()
                 await rebind()
+            }
+        }
+    }
+}
+
+/// Signs the operator log's head every `interval` while entries arrive, off the request path,
+/// and logs it (`audit head`: size, root, time, key, signature; no tenant, no count of any
+/// tenant's): whoever keeps the daemon's log keeps signed heads outside the vault, which a
+/// later rewrite of the keystore cannot make consistent. It also leaves the head cached, so a
+/// `GET /v1/audit/head` of the operator's log seldom signs.
+struct HeadPublisher: Service {
+    let vault: Vault
+    let interval: Duration
+    let logger: Logger
+
+    func run() async {
+        await cancelWhenGracefulShutdown {
+            var published: UInt64 = 0
+            while true {
+                do { try await Task.sleep(for: interval) } catch { return }
+                let head: SignedTreeHead
+                do { head = try await vault.auditTreeHead(tenant: nil) } catch {
+                    logger.warning("could not sign the audit head", metadata: ["error": "\(error)"])
+                    continue
+                }
+                guard head.size > published else { continue }
+                published = head.size
+                logger.info("audit head", metadata: [
+                    "size": "\(head.size)", "root": "\(VaultServer.base64(head.root))",
+                    "at": "\(RFC3339.format(milliseconds: head.at))", "key_id": "\(head.keyID)",
+                    "signature": "\(VaultServer.base64(head.signature))",
+                ])
             }
         }
     }

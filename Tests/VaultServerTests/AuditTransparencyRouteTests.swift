@@ -1,3 +1,4 @@
+import Sodium
 import Foundation
 import Testing
 import VaultClient
@@ -207,5 +208,51 @@ import VaultCore
         try JSONSerialization.data(withJSONObject: forged).write(to: URL(fileURLWithPath: fresh + "/pruned.json"))
         let wrongRoot = try Self.verify(fresh)
         #expect(wrongRoot.status == 1 && wrongRoot.output.contains("does not match the pruned entries' subtrees"), "\(wrongRoot.output)")
+    }
+
+    /// The daemon signs the operator's head every `headInterval` while entries arrive, off any
+    /// request, and logs it; each logged head verifies with the listed key, and none is logged
+    /// again while the log does not grow.
+    @Test func theOperatorsHeadIsSignedAndLoggedWhileEntriesArrive() async throws {
+        let log = LogCapture()
+        let h = try await ServerHarness.start(configure: { $0.headInterval = .milliseconds(100) }, logger: log.logger)
+        defer { Task { await h.stop() } }
+        let acme = try await h.tenant("acme")
+        func logged() async -> [[String: String]] {
+            log.lines(containing: "audit head ").map { line in
+                Dictionary(line.split(separator: " ").compactMap { part -> (String, String)? in
+                    guard let eq = part.firstIndex(of: "=") else { return nil }
+                    return (String(part[..<eq]), String(part[part.index(after: eq)...]))
+                }, uniquingKeysWith: { $1 })
+            }
+        }
+        var heads: [[String: String]] = []
+        for _ in 0..<100 where heads.isEmpty {
+            try await Task.sleep(for: .milliseconds(50))
+            heads = await logged()
+        }
+        let first = try #require(heads.last, "no audit head logged")
+        let keys = try await h.client(nil).send("GET", "/v1/audit/keys").object()["keys"] as? [[String: Any]]
+        let key = try #require(keys?.first { $0["key_id"] as? String == first["key_id"] })
+        let size = try #require(first["size"].flatMap { UInt64($0) })
+        let root = try #require(first["root"].flatMap { Data(base64Encoded: $0) })
+        let signature = try #require(first["signature"].flatMap { Data(base64Encoded: $0) })
+        let publicKey = try #require((key["public_key"] as? String).flatMap { Data(base64Encoded: $0) })
+        #expect(SigningKey.verify(signature: Array(signature),
+                                  of: SignedTreeHead.signedBytes(size: size, root: Array(root), at: first["at"]!, tenant: nil),
+                                  publicKey: Array(publicKey)))
+        // Quiet: nothing new is logged. Then a write: a larger head is.
+        try await Task.sleep(for: .milliseconds(400))
+        let quiet = await logged()
+        #expect(Set(quiet.compactMap { $0["size"] }).count == quiet.count, "a head logged twice for one size: \(quiet)")
+        let w = try await acme.agent.send("POST", "/v1/records", body: json(
+            ["subject": "cust-1", "category": "personal", "channel": "phone", "data": ["n": 1]]))
+        #expect(w.status == 201)
+        var grown: UInt64 = 0
+        for _ in 0..<100 where grown <= size {
+            try await Task.sleep(for: .milliseconds(50))
+            grown = await logged().last.flatMap { $0["size"] }.flatMap { UInt64($0) } ?? 0
+        }
+        #expect(grown > size)
     }
 }

@@ -221,6 +221,7 @@ final class LogCapture: Sendable {
     }
 
     func contains(_ text: String) -> Bool { lines.withLock { $0.contains { $0.contains(text) } } }
+    func lines(containing text: String) -> [String] { lines.withLock { $0.filter { $0.contains(text) } } }
     func append(_ line: String) { lines.withLock { $0.append(line) } }
 
     struct Handler: LogHandler {
