@@ -818,6 +818,7 @@ enum AbuseRules {
         AbuseVariant("POST /v1/admin/rotate", [.operator: .always(200)]) { _, _, _ in AbuseProbe("POST", "/v1/admin/rotate") },
         AbuseVariant("POST /v1/admin/sweep", [.operator: .always(200)]) { _, _, _ in AbuseProbe("POST", "/v1/admin/sweep") },
         AbuseVariant("POST /v1/admin/compact", [.operator: .always(200)]) { _, _, _ in AbuseProbe("POST", "/v1/admin/compact") },
+        AbuseVariant("POST /v1/admin/audit/keys", [.operator: .always(201)]) { _, _, _ in AbuseProbe("POST", "/v1/admin/audit/keys") },
         AbuseVariant("GET /v1/admin/stats", [.operator: .always(200)]) { _, _, _ in AbuseProbe("GET", "/v1/admin/stats") },
         // The harness serves no journal: 409 and 404 for the operator, 403 for the others.
         AbuseVariant("POST /v1/admin/snapshot", [.operator: .always(409)]) { _, _, _ in AbuseProbe("POST", "/v1/admin/snapshot") },

@@ -216,11 +216,11 @@ private final class CannedServer: @unchecked Sendable {
                     self.state.withLock { $0.requests.append(request) }
                 }
                 handler(peer)
-                state.withLock { state in
-                    state.open.remove(fd)
-                    state.closed += 1
-                }
+                // Closed before it is counted: a test that waits for the count then finds the
+                // connection closed (counting first raced a loaded machine: CI, 2026-12-07).
+                _ = state.withLock { $0.open.remove(fd) }
                 close(fd)
+                state.withLock { $0.closed += 1 }
                 threads.leave()
             }.start()
         }
