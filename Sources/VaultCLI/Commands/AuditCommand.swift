@@ -105,7 +105,7 @@ struct AuditCommand: ParsableCommand {
             abstract: "Recompute the audit hash chain (operator token); exit 1 naming the first broken entry.",
             discussion: """
                 With --offline DIR: no daemon, socket, token or key file. Checks what a client company \
-                saved in DIR (keys.json, heads/, entries/, consistency/, proofs/: docs/api.md, \
+                saved in DIR (keys.json, heads/, entries/, consistency/, proofs/, pruned.json: docs/api.md, \
                 "Checking the audit offline") as scripts/verify-audit does, with its messages: one \
                 `BROKEN:` line per problem, then notes and a summary. Exit status: 0 every check \
                 passed; 1 a check failed; 2 unreadable input; 3 Ed25519 does not work.
