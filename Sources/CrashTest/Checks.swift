@@ -485,48 +485,54 @@ final class Checker {
         let leaf = MerkleTree.leafHash(AuditEntry.leaf(seq: seq, at: at, tenant: e["tenant"] as? String, actor: actor, action: action,
                                                        target: e["target"] as? String, outcome: outcome, count: count,
                                                        reference: e["reference"] as? String, hash: hash))
-        let head = admin.call("GET", "/v1/audit/head")
-        guard head.status == 200, let size = (head.object?["size"] as? NSNumber)?.uint64Value,
-              let root = (head.object?["root"] as? String).flatMap({ Data(base64Encoded: $0) }) else {
-            if head.status == nil { lost("GET /v1/audit/head", head) } else { violations.add("audit head refused", head.summary) }
-            return
-        }
-        let proof = admin.call("GET", "/v1/audit/proof?seq=\(seq)&size=\(size)")
-        guard proof.status == 200, let paths = proof.object?["path"] as? [String] else {
-            if proof.status == nil { lost("GET /v1/audit/proof", proof) } else { violations.add("inclusion proof refused", proof.summary) }
-            return
-        }
-        let path = paths.compactMap { Data(base64Encoded: $0).map(Array.init) }
-        if path.count != paths.count || !MerkleTree.verifyInclusion(leaf: leaf, index: seq - 1, size: size, proof: path, root: Array(root)) {
+        guard let (size, root) = signedHead(admin),
+              let path = proofPath(admin, "/v1/audit/proof?seq=\(seq)&size=\(size)", refused: "inclusion proof refused") else { return }
+        if !MerkleTree.verifyInclusion(leaf: leaf, index: seq - 1, size: size, proof: path, root: root) {
             violations.add("write not in the tenant's log", "tenant \(t): entry \(seq) (\(e["target"] ?? "?")) is not a leaf of "
                            + "its head of \(size) entries")
         }
+    }
+
+    /// The caller's log head (size and root), or nil once what went wrong is recorded.
+    private func signedHead(_ client: VaultHTTPClient) -> (size: UInt64, root: [UInt8])? {
+        let outcome = client.call("GET", "/v1/audit/head")
+        guard outcome.status == 200, let size = (outcome.object?["size"] as? NSNumber)?.uint64Value,
+              let root = (outcome.object?["root"] as? String).flatMap({ Data(base64Encoded: $0) }) else {
+            if outcome.status == nil { lost("GET /v1/audit/head", outcome) } else { violations.add("audit head refused", outcome.summary) }
+            return nil
+        }
+        return (size, Array(root))
+    }
+
+    /// A proof's path from `route`, or nil once what went wrong is recorded.
+    private func proofPath(_ client: VaultHTTPClient, _ route: String, refused: String) -> [[UInt8]]? {
+        let outcome = client.call("GET", route)
+        guard outcome.status == 200, let paths = outcome.object?["path"] as? [String] else {
+            if outcome.status == nil { lost("GET \(route)", outcome) } else { violations.add(refused, outcome.summary) }
+            return nil
+        }
+        let hashes = paths.compactMap { Data(base64Encoded: $0).map(Array.init) }
+        guard hashes.count == paths.count else {
+            violations.add(refused, "GET \(route): a path element is not base64")
+            return nil
+        }
+        return hashes
     }
 
     /// The operator's transparency log only grew across the kill: the head kept at the last
     /// round's checks (signed before the crash) is extended by today's, by the vault's own
     /// consistency proof checked here with RFC 9162's algorithm.
     private func checkOperatorLog() {
-        let outcome = op.call("GET", "/v1/audit/head")
-        guard outcome.status == 200, let h = outcome.object, let size = (h["size"] as? NSNumber)?.uint64Value,
-              let rootText = h["root"] as? String, let root = Data(base64Encoded: rootText) else {
-            if outcome.status == nil { lost("GET /v1/audit/head", outcome) } else { violations.add("audit head refused", outcome.summary) }
-            return
-        }
-        defer { model.operatorHead = (size, Array(root)) }
+        guard let (size, root) = signedHead(op) else { return }
+        defer { model.operatorHead = (size, root) }
         guard let saved = model.operatorHead else { return }
         guard size >= saved.size else {
             violations.add("audit log shrank", "the operator log had \(saved.size) entries before the kill and has \(size)")
             return
         }
-        let proof = op.call("GET", "/v1/audit/consistency?from=\(saved.size)&to=\(size)")
-        guard proof.status == 200, let paths = proof.object?["path"] as? [String] else {
-            if proof.status == nil { lost("GET /v1/audit/consistency", proof) } else { violations.add("consistency proof refused", proof.summary) }
-            return
-        }
-        let hashes = paths.compactMap { Data(base64Encoded: $0).map(Array.init) }
-        if hashes.count != paths.count || !MerkleTree.verifyConsistency(old: saved.size, new: size, oldRoot: saved.root,
-                                                                       newRoot: Array(root), proof: hashes) {
+        guard let hashes = proofPath(op, "/v1/audit/consistency?from=\(saved.size)&to=\(size)",
+                                     refused: "consistency proof refused") else { return }
+        if !MerkleTree.verifyConsistency(old: saved.size, new: size, oldRoot: saved.root, newRoot: root, proof: hashes) {
             violations.add("audit log rewritten", "no consistency from the head of \(saved.size) entries kept before the kill "
                            + "to the head of \(size) after it")
         }

@@ -198,7 +198,11 @@ enum AuditKeys {
                                     in: ks, rec, dbs: stores.ks, context: context)
             }
         } catch {
-            try? Posix.shred(next.path)  // never listed: nothing signed with it
+            // Never listed, so nothing was signed with it; a file that cannot go is said too (the
+            // next open or rotation removes it).
+            do { try Posix.shred(next.path) } catch let shredError {
+                throw VaultError.auditKey("the rotation failed (\(error)), and \(next.path) could not be removed: \(shredError)")
+            }
             throw error
         }
         context.adoptCommitted()
