@@ -197,7 +197,8 @@ final class Daemon: @unchecked Sendable {
     /// journal and `kept` (the copy of the master key kept elsewhere, taken at the round's start)
     /// remain. `shredvault restore` rebuilds the data directory from the journal with the current
     /// key file's copy, or, if the kill fell between a rotation's new key and its snapshot (the
-    /// restore then names the generation it needs), with `kept`. Returns restore's summary line.
+    /// restore then names the generation it needs), with `kept` and the current copy as the next
+    /// generation's key (`--next-key-file`). Returns restore's summary line.
     func loseMachineAndRestore() throws -> String {
         let kept = keptKeyFile
         precondition(pid == 0, "the machine is lost only with the daemon down")
@@ -212,7 +213,9 @@ final class Daemon: @unchecked Sendable {
         try FileManager.default.removeItem(atPath: directory + "/keys")
         guard mkdir(directory + "/keys", 0o700) == 0 else { throw DaemonError("mkdir keys") }
         var tried: [String] = []
-        for candidate in [current, kept] where access(candidate, R_OK) == 0 {
+        // The kept copy is of the round's start; a rotation since may have switched the journal to
+        // the generation the current copy holds, whose key the journal carries to standbys only.
+        for (candidate, next) in [(current, nil), (kept, current)] where access(candidate, R_OK) == 0 {
             unlink(keyFile)
             guard link(candidate, keyFile) == 0 || (try? FileManager.default.copyItem(atPath: candidate, toPath: keyFile)) != nil else {
                 throw DaemonError("cannot put back the key file")
@@ -220,8 +223,9 @@ final class Daemon: @unchecked Sendable {
             chmod(keyFile, 0o600)
             let log = directory + "/restore-\(starts).log", out = directory + "/restore-\(starts).out"
             unlink(out)
-            let status = wait(try spawn(["restore", "--journal", journalDirectory, "--data-dir", dataDirectory, "--key-file", keyFile],
-                                        stdout: out, stderr: log))
+            let nextArguments = next.flatMap { access($0, R_OK) == 0 ? ["--next-key-file", $0] : nil } ?? []
+            let status = wait(try spawn(["restore", "--journal", journalDirectory, "--data-dir", dataDirectory, "--key-file", keyFile]
+                                            + nextArguments, stdout: out, stderr: log))
             if status == 0 {
                 unlink(current)
                 return tail(of: out, lines: 2).trimmingCharacters(in: .whitespacesAndNewlines)

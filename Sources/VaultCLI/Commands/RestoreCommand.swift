@@ -11,7 +11,9 @@ struct RestoreCommand: AsyncParsableCommand {
             Writes the journal's latest snapshot and every change set after it, to the head, into a new data \
             directory; then destroys the buckets expired by the clock and rotates the key hierarchy. --key-file \
             holds the master key of the snapshot's generation (the copy kept of the current keys/); on success it \
-            holds the restored vault's new generation. Refuses, writing nothing, when the journal is unreachable, \
+            holds the restored vault's new generation. When the machine was lost between a rotation and its \
+            snapshot, the journal holds the switch to the next generation, whose key travels only sealed to the \
+            standbys: give the kept key file of that generation too (--next-key-file). Refuses, writing nothing, when the journal is unreachable, \
             cut below its snapshot or at its end, of another vault, or damaged (the change set is named). \
             Serve the restored vault with the same --journal.
             """)
@@ -22,6 +24,11 @@ struct RestoreCommand: AsyncParsableCommand {
     @Option(name: .customLong("journal-password-file"),
             help: ArgumentHelp("A file (mode 0600) holding the password of a postgres:// journal's user.", valueName: "file"))
     var journalPasswordFile: String?
+
+    @Option(name: .customLong("next-key-file"),
+            help: ArgumentHelp("The kept key file of the generation after the snapshot's, when the journal switched to it "
+                               + "after its latest snapshot.", valueName: "file"))
+    var nextKeyFile: String?
 
     @OptionGroup var location: VaultLocation
 
@@ -35,7 +42,7 @@ struct RestoreCommand: AsyncParsableCommand {
             configuration.auditKeyFile = location.auditKeyFile
             configuration.progress = { line in Terminal.error("restore: \(line)") }
             let s = try await Restore.run(journal: settings, dataDirectory: location.dataDirectory, keyFile: location.keyFile,
-                                          configuration: configuration)
+                                          nextKeyFile: nextKeyFile, configuration: configuration)
             print("""
                 {"snapshot_epoch": \(s.snapshot.epoch), "snapshot_sequence": \(s.snapshot.sequence), \
                 "head": \(s.head), "change_sets_replayed": \(s.changeSetsReplayed), "master_key_generation": \(s.generation)}

@@ -34,24 +34,30 @@ public struct JournalEntry: Sendable, Equatable {
 }
 
 /// What one write changed in both environments (their change logs), and — in the change set
-/// that switches the vault to a new master key generation — that generation's key, so the
-/// journal can be replayed past the switch with the key of the epoch it started in.
+/// that switches the vault to a new master key generation — that generation, with its key
+/// sealed to each standby's single-use exchange key (`KeyExchange`), so a standby can follow
+/// the switch and nobody else, an old key file's holder included, can.
 ///
-/// Plaintext layout: format (1), sequence (u64), flags (bit 0: carries a master key), then if
-/// carried the generation (u64) and the 32-byte key, then the keystore's change log and the
-/// record store's, each preceded by its length (u32).
+/// Plaintext layout: format (1), sequence (u64), flags, then the next generation if flagged,
+/// then the keystore's change log and the record store's, each preceded by its length (u32).
+/// Flags: bit 1 — the next generation (u64), a count (u16) and that many recipients (public
+/// key, 32 bytes; `crypto_box_seal` of the key, 80 bytes); bit 0 — written before the exchange:
+/// the next generation (u64) and its key itself (32 bytes), still read so a journal of that
+/// time replays (it is gone once its epoch ends).
 struct ChangeSet {
     static let format: UInt8 = 1
 
     /// Seals the two logs as change set `sequence` of `epoch`.
     static func seal(sequence: UInt64, epoch: UInt64, vaultID: [UInt8], keystore: ChangeLog, records: ChangeLog,
-                     nextMaster: (key: Key, generation: UInt64)?, journalKey: borrowing SecretBytes) throws -> JournalEntry {
-        let carried = nextMaster == nil ? 0 : 8 + AEAD.keyCount
+                     next: NextGeneration?, journalKey: borrowing SecretBytes) throws -> JournalEntry {
+        precondition(next?.legacyKey == nil, "the next generation's key travels only sealed to exchange keys")
+        guard (next?.sealed.count ?? 0) <= Int(UInt16.max) else { throw VaultError.journal("too many standbys") }
+        let carried = next.map { 8 + 2 + $0.sealed.count * (ExchangeKeyPair.publicKeyCount + KeyExchange.boxCount) } ?? 0
         let count = 1 + 8 + 1 + carried + 4 + keystore.bytes.count + 4 + records.bytes.count
         guard keystore.bytes.count <= Int(UInt32.max), records.bytes.count <= Int(UInt32.max) else {
             throw VaultError.journal("a change set over 4 GiB")
         }
-        // Wiped on release: it may carry a master key.
+        // Wiped on release (change logs hold wrapped keys and pseudonymous metadata).
         let plaintext = SensitiveBytes(count: count) { out in
             var i = 0
             func put(_ bytes: UnsafeRawBufferPointer) {
@@ -62,11 +68,15 @@ struct ChangeSet {
             out[0] = format
             i = 1
             be(sequence)
-            out[i] = nextMaster == nil ? 0 : 1
+            out[i] = next == nil ? 0 : 2
             i += 1
-            if let nextMaster {
-                be(nextMaster.generation)
-                nextMaster.key.bytes.withUnsafeBytes { put($0) }
+            if let next {
+                be(next.generation)
+                be(UInt16(next.sealed.count))
+                for r in next.sealed {
+                    r.publicKey.withUnsafeBytes { put($0) }
+                    r.box.withUnsafeBytes { put($0) }
+                }
             }
             be(UInt32(keystore.bytes.count))
             keystore.bytes.withUnsafeBytes { put($0) }
@@ -88,13 +98,22 @@ struct ChangeSet {
         return JournalEntry(validated: bytes, epoch: epoch, sequence: sequence)
     }
 
-    /// An opened change set: its logs, and the master key it carries, if any.
+    /// The master key generation a change set switches to.
+    struct NextGeneration {
+        let generation: UInt64
+        /// Its key, sealed to each standby's exchange key for the generation before.
+        let sealed: [KeyExchange.Sealed]
+        /// Its key itself, in a change set written before the exchange (flag bit 0).
+        let legacyKey: Key?
+    }
+
+    /// An opened change set: its logs, and the generation it switches to, if any.
     struct Opened {
         let sequence: UInt64
         let plaintext: SensitiveBytes
         let keystoreRange: Range<Int>
         let recordsRange: Range<Int>
-        let nextMaster: (key: Key, generation: UInt64)?
+        let next: NextGeneration?
 
         func withKeystoreChanges<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
             try plaintext.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[keystoreRange])) }
@@ -129,12 +148,20 @@ struct ChangeSet {
             try r.format(format)
             guard try r.u64() == entry.sequence else { throw VaultError.integrity("\(what): sealed under another number") }
             let flags = try r.u8()
-            guard flags & ~1 == 0 else { throw VaultError.corrupt("\(what): unknown flags \(flags)") }
-            var next: (Key, UInt64)?
+            guard flags & ~3 == 0, flags != 3 else { throw VaultError.corrupt("\(what): unknown flags \(flags)") }
+            var next: NextGeneration?
             if flags & 1 != 0 {
                 let generation = try r.u64()
                 let key = Key(try SecretBytes(copying: try r.slice(AEAD.keyCount)))
-                next = (key, generation)
+                next = NextGeneration(generation: generation, sealed: [], legacyKey: key)
+            } else if flags & 2 != 0 {
+                let generation = try r.u64()
+                var sealed: [KeyExchange.Sealed] = []
+                for _ in 0..<Int(try r.u16()) {
+                    let pk = Array(try r.slice(ExchangeKeyPair.publicKeyCount))
+                    sealed.append(.init(publicKey: pk, box: Array(try r.slice(KeyExchange.boxCount))))
+                }
+                next = NextGeneration(generation: generation, sealed: sealed, legacyKey: nil)
             }
             let ksCount = Int(try r.u32())
             let ksStart = r.offset
@@ -144,7 +171,7 @@ struct ChangeSet {
             _ = try r.slice(recCount)
             try r.end()
             return Opened(sequence: entry.sequence, plaintext: plaintext, keystoreRange: ksStart..<ksStart + ksCount,
-                          recordsRange: recStart..<recStart + recCount, nextMaster: next)
+                          recordsRange: recStart..<recStart + recCount, next: next)
         }
     }
 }

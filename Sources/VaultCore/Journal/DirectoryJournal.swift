@@ -234,6 +234,9 @@ final class DirectoryJournal: JournalBackend, @unchecked Sendable {
         segment = (fd, first, epoch, 0)
     }
 
+    /// A directory journal has no standbys (they follow PostgreSQL): nobody to seal a key to.
+    func exchangeKeys(generation: UInt64) throws -> [PublishedExchangeKey] { [] }
+
     func retract(_ entry: JournalEntry) throws {
         guard let s = segment, let last, last.sequence == entry.sequence else {
             throw VaultError.journal("change set \(entry.sequence) is not the last one appended")

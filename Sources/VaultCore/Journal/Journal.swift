@@ -148,6 +148,9 @@ protocol JournalBackend: AnyObject, Sendable {
     /// Removes every change set up to `sequence` (covered by a newer snapshot).
     func removeEntries(through sequence: UInt64) throws
     func removeSnapshot(_ info: SnapshotInfo) throws
+    /// The exchange keys standbys published for master key generation `generation` (seen within
+    /// the hour): a rotation to `generation + 1` seals the new key to each (`KeyExchange`).
+    func exchangeKeys(generation: UInt64) throws -> [PublishedExchangeKey]
     func close()
 }
 

@@ -145,10 +145,12 @@ extension Vault {
     }
 
     /// Applies change sets `after + 1 ... head` to the two environments, each in one write of
-    /// both (record store first), with the key of its epoch; a change set that carries the next
-    /// master key generation moves the key file to it, as the rotation that wrote it did.
+    /// both (record store first), with the key of its epoch. A change set that switches to the
+    /// next master key generation moves the key file to it, as the rotation that wrote it did,
+    /// with the key from `nextMasterKey`; `switched` is told each generation reached.
     static func replay(_ backend: any JournalBackend, after: UInt64, to head: UInt64, vaultID: [UInt8], stores: Stores,
-                       file: MasterKeyFile, progress: (@Sendable (String) -> Void)?) throws {
+                       file: MasterKeyFile, progress: (@Sendable (String) -> Void)?,
+                       switched: ((UInt64, Key) throws -> Void)? = nil) throws {
         var (master, generation) = try matchingMasterKey(stores, file: file)
         var journalKey = try JournalKeys.changeSetKey(master: master)
         var ksCodes: [UInt8: Database] = [:]
@@ -162,8 +164,16 @@ extension Vault {
                                            + "generation \(generation) was expected")
             }
             let opened = try ChangeSet.open(entry, vaultID: vaultID, journalKey: journalKey.bytes)
-            if let next = opened.nextMaster {
-                try file.write(key: next.key.bytes, generation: next.generation, to: file.nextPath)
+            var next: (key: Key, source: NextKeySource)?
+            if let n = opened.next {
+                guard n.generation == generation + 1 else {
+                    throw VaultError.integrity("journal change set \(entry.sequence) switches from generation \(generation) "
+                                               + "to \(n.generation)")
+                }
+                next = try nextMasterKey(n, sequence: entry.sequence, file: file)
+                if next!.source != .nextFile {
+                    try file.write(key: next!.key.bytes, generation: n.generation, to: file.nextPath)
+                }
             }
             do {
                 try stores.keystore.write { ks in
@@ -171,15 +181,26 @@ extension Vault {
                         try opened.withRecordChanges { try rec.apply(changes: $0, databases: recCodes) }
                     }
                     try opened.withKeystoreChanges { try ks.apply(changes: $0, databases: ksCodes) }
+                    if let next, let n = opened.next {
+                        // The key found must be the one the switch wrapped the keystore under.
+                        let check = try ks.value(forKey: metaMasterKey, in: stores.ks.meta)
+                        guard let check, checkMatches(check, key: next.key.bytes, generation: n.generation) else {
+                            throw VaultError.masterKey("journal change set \(entry.sequence) switches to master key generation "
+                                                       + "\(n.generation), and the key \(next.source) does not match it")
+                        }
+                    }
                 }
             } catch let e as ChangeLog.FormatError {
                 throw VaultError.integrity("journal change set \(entry.sequence): \(e)")
             }
-            if let next = opened.nextMaster {
+            if let next, let n = opened.next {
                 try file.promoteNext()
                 master = next.key
-                generation = next.generation
+                generation = n.generation
                 journalKey = try JournalKeys.changeSetKey(master: master)
+                // The private half that opened the box is used: destroyed.
+                if next.source == .exchange { try ExchangeKeyFile(besideMasterKey: file.path).destroy() }
+                try switched?(generation, master)
             }
             applied += 1
             if applied % 10_000 == 0 { progress?("replayed \(applied) of \(head - after) change sets") }
@@ -189,6 +210,51 @@ extension Vault {
         guard after + applied >= head else {
             throw VaultError.integrity("the journal ended at change set \(after + applied) while its head is \(head)")
         }
+    }
+
+    /// Where the key of a switch's next generation came from.
+    enum NextKeySource: Equatable, CustomStringConvertible {
+        /// The `.next` file: this node's own rotation (killed before its keystore committed), or
+        /// the kept key file a restore was given with `--next-key-file`.
+        case nextFile
+        /// A box sealed to this standby's exchange key.
+        case exchange
+        /// A change set written before the exchange, which carried the key itself.
+        case legacy
+
+        var description: String {
+            switch self {
+            case .nextFile: "in the .next key file"
+            case .exchange: "from this standby's exchange box"
+            case .legacy: "the change set carried"
+            }
+        }
+    }
+
+    /// The next generation's key for a switch: the `.next` file when it holds that generation,
+    /// else the key an old change set carried, else the box sealed to this node's exchange key.
+    static func nextMasterKey(_ next: ChangeSet.NextGeneration, sequence: UInt64,
+                              file: MasterKeyFile) throws -> (key: Key, source: NextKeySource) {
+        if Posix.exists(file.nextPath) {
+            let loaded = try MasterKeyFile.load(file.nextPath)
+            if loaded.generation == next.generation { return (Key(try loaded.key.copy()), .nextFile) }
+        }
+        if let key = next.legacyKey { return (key, .legacy) }
+        if let held = try ExchangeKeyFile(besideMasterKey: file.path).load(), held.generation == next.generation - 1,
+           let sealed = next.sealed.first(where: { $0.publicKey == held.pair.publicKey }) {
+            do {
+                return (Key(try held.pair.open(sealed.box)), .exchange)
+            } catch SodiumError.authenticationFailure {
+                throw VaultError.integrity("journal change set \(sequence): the box of generation \(next.generation) "
+                                           + "sealed to this node's exchange key fails to open")
+            }
+        }
+        throw VaultError.masterKey(
+            "journal change set \(sequence) switches to master key generation \(next.generation), whose key travels only "
+            + "sealed to the exchange keys standbys published for generation \(next.generation - 1) (\(next.sealed.count) "
+            + "of them), and this node holds none of them nor the key in \(file.nextPath): a restore across it needs the "
+            + "kept key file of generation \(next.generation) too (--next-key-file); a standby that missed it starts "
+            + "again on an empty data directory with a copy of the writer's current key file")
     }
 }
 
@@ -206,8 +272,14 @@ public enum Restore {
     /// `keyFile` holds the master key of the latest snapshot's generation; on success it holds the
     /// restored vault's new generation (the old one destroyed). On failure nothing is left: no data
     /// directory, the key file as it was.
+    ///
+    /// `nextKeyFile`, the kept key file of the generation after the snapshot's, is needed only when
+    /// the journal switched to it after its latest snapshot (a machine lost between a rotation and
+    /// its snapshot): the switch carries that key sealed to standbys alone (`KeyExchange`). A switch
+    /// that is the journal's last change set, whose key reached nobody (no standby, no `.next`
+    /// kept), is taken back instead: its rotation never finished, so it answered nobody.
     public static func run(journal settings: JournalSettings, dataDirectory: String, keyFile: String,
-                           configuration: VaultConfiguration = .init()) async throws -> Summary {
+                           nextKeyFile: String? = nil, configuration: VaultConfiguration = .init()) async throws -> Summary {
         try Sodium.initialize()
         let progress = settings.progress
         if Posix.exists(dataDirectory) {
@@ -262,6 +334,19 @@ public enum Restore {
             throw VaultError.masterKey("the latest snapshot is of master key generation \(snapshot.epoch) and \(keyFile) "
                                        + "holds generation \(loaded.generation): give the key file of generation \(snapshot.epoch)")
         }
+        let next = try nextKeyFile.map { path in
+            let n = try MasterKeyFile(path: path).load()
+            guard n.generation == snapshot.epoch + 1 else {
+                throw VaultError.masterKey("--next-key-file \(path) holds generation \(n.generation), and the generation after "
+                                           + "the latest snapshot's is \(snapshot.epoch + 1)")
+            }
+            return n
+        }
+        var head = status.head
+        if next == nil, head > snapshot.sequence {
+            head = try takeBackAnUnfinishedSwitch(backend, head: status.head, vaultID: vaultID, master: Key(try loaded.key.copy()),
+                                           generation: loaded.generation, location: settings.location, progress: progress)
+        }
         backend.close()
 
         // The snapshot into a new directory, then an ordinary open that replays the journal.
@@ -269,6 +354,7 @@ public enum Restore {
         try Posix.makeDirectory(work)
         progress?("restoring snapshot \(hex16(snapshot.epoch))-\(hex16(snapshot.sequence)) (\(snapshot.bytes) bytes)")
         try MasterKeyFile(path: workKey).write(key: loaded.key, generation: loaded.generation, to: workKey)
+        if let next { try MasterKeyFile(path: workKey).write(key: next.key, generation: next.generation, to: workKey + ".next") }
         let locked = try settings.backend()
         try locked.lockForWriting()
         do {
@@ -291,10 +377,8 @@ public enum Restore {
             progress?("expired buckets destroyed: \(swept.bucketsDestroyed)")
             let rotated = try await vault.rotate()
             progress?("rotated to master key generation \(rotated.masterGeneration)")
-            let head = vault.writer.stores.journal?.sequence ?? 0
-            summary = Summary(snapshot: snapshot, head: status.head, changeSetsReplayed: status.head - snapshot.sequence,
+            summary = Summary(snapshot: snapshot, head: head, changeSetsReplayed: head - snapshot.sequence,
                               generation: rotated.masterGeneration)
-            _ = head
         } catch {
             vault.close()
             throw error
@@ -309,5 +393,38 @@ public enum Restore {
         try Posix.fsyncDirectory(MasterKeyFile.directory(of: keyFile))
         succeeded = true
         return summary
+    }
+
+    /// Before a restore: when the journal's head is of a later generation than the snapshot's,
+    /// refuses (the kept key of that generation is needed); when the head is a switch whose key
+    /// was sealed to nobody, takes it back (its rotation was cut by the loss of the machine, so
+    /// neither it nor anything after it answered anyone, and its key is gone with the machine).
+    /// Returns the journal's head after it.
+    private static func takeBackAnUnfinishedSwitch(_ backend: any JournalBackend, head: UInt64, vaultID: [UInt8],
+                                                   master: Key, generation: UInt64, location: JournalLocation,
+                                                   progress: (@Sendable (String) -> Void)?) throws -> UInt64 {
+        var last: JournalEntry?
+        try backend.entries(after: head - 1) { entry in
+            last = entry
+            return false
+        }
+        guard let last else { return head }
+        guard last.epoch == generation else {
+            throw VaultError.masterKey("\(location) switched to master key generation \(last.epoch) after its latest snapshot "
+                                       + "(of generation \(generation)), and its key travels only sealed to the standbys: give "
+                                       + "the kept key file of generation \(generation + 1) too (--next-key-file), or promote a standby")
+        }
+        let opened = try ChangeSet.open(last, vaultID: vaultID, journalKey: try JournalKeys.changeSetKey(master: master).bytes)
+        guard let switchTo = opened.next, switchTo.legacyKey == nil else { return head }
+        guard switchTo.sealed.isEmpty else {
+            throw VaultError.masterKey("\(location)'s last change set (\(last.sequence)) switches to master key generation "
+                                       + "\(switchTo.generation), whose key was sealed to \(switchTo.sealed.count) standby(s) only: "
+                                       + "promote one, or give the kept key file of that generation (--next-key-file)")
+        }
+        try backend.prepareForAppend()
+        try backend.retract(last)
+        progress?("change set \(last.sequence), the switch of a rotation to generation \(switchTo.generation) that the loss of "
+                  + "the machine cut short (its key reached nobody), was taken back")
+        return head - 1
     }
 }

@@ -52,6 +52,22 @@ final class JournalWriter: @unchecked Sendable {
         if let broken { throw broken }
     }
 
+    /// The next master key generation a rotation's switch hands the journal: the key (for this
+    /// writer's journal key after the switch) and the boxes that carry it to the standbys.
+    struct NextMaster {
+        let key: Key
+        let generation: UInt64
+        let sealed: [KeyExchange.Sealed]
+    }
+
+    /// The exchange keys published for the current generation, sealed the next key `next`: the
+    /// rotation calls it before its switch (a PostgreSQL query, outside any transaction).
+    func nextMaster(_ next: Key, generation: UInt64, current: Key) throws -> NextMaster {
+        let published = try backend.exchangeKeys(generation: generation - 1)
+        return NextMaster(key: next, generation: generation,
+                          sealed: try KeyExchange.seal(next, to: published, generation: generation - 1, master: current))
+    }
+
     /// The change set being appended for the current write.
     final class Pending {
         let entry: JournalEntry
@@ -65,9 +81,11 @@ final class JournalWriter: @unchecked Sendable {
     }
 
     /// Seals the two logs as the next change set and starts appending it.
-    func startAppend(carrying next: (key: Key, generation: UInt64)?) throws -> Pending {
+    func startAppend(carrying next: NextMaster?) throws -> Pending {
         let entry = try ChangeSet.seal(sequence: sequence + 1, epoch: epoch, vaultID: vaultID, keystore: keystoreLog,
-                                       records: recordsLog, nextMaster: next, journalKey: key.bytes)
+                                       records: recordsLog,
+                                       next: next.map { .init(generation: $0.generation, sealed: $0.sealed, legacyKey: nil) },
+                                       journalKey: key.bytes)
         let pending = Pending(entry: entry, next: try next.map { ($0.generation, try JournalKeys.changeSetKey(master: $0.key)) })
         appender.start(entry)
         return pending
@@ -185,8 +203,8 @@ extension Stores {
     /// journal, the write is also change set `sequence + 1`: the keystore's `journal` row
     /// records its number, the change set is appended while the record store commits, and the
     /// keystore commits only once it is durable in the journal. `carrying` hands the journal
-    /// the next master key generation (the rotation's switch).
-    func write<R>(carrying next: (key: Key, generation: UInt64)? = nil,
+    /// the next master key generation (the rotation's switch, `JournalWriter.nextMaster`).
+    func write<R>(carrying next: JournalWriter.NextMaster? = nil,
                   _ body: (borrowing Transaction, borrowing Transaction) throws -> R) throws -> R {
         guard let journal else {
             return try keystore.write { ks in try records.write { rec in try body(ks, rec) } }

@@ -19,6 +19,9 @@ import Glibc
 ///     shredvault_snapshots       epoch, seq, parts, bytes, complete (published when true)
 ///     shredvault_snapshot_parts  epoch, seq, part, data (1 MiB pieces of a sealed snapshot)
 ///
+/// and the lease's and the standbys' (`shredvault_standbys`: each standby's position, and the
+/// public half of its single-use exchange key for its generation, with a tag made by MK(g)).
+///
 /// PostgreSQL stores bytes it cannot read: change sets and snapshots are sealed before they
 /// leave the vault. An append is one statement that inserts the change set and moves `head` in
 /// the same transaction, so a head above the last row means rows were removed from the end
@@ -610,6 +613,11 @@ final class PostgresJournal: JournalBackend, @unchecked Sendable {
                 name text PRIMARY KEY, applied int8 NOT NULL, epoch int8 NOT NULL, lag_ms int8 NOT NULL,
                 seen_at timestamptz NOT NULL)
             """, logger: logger).wait()
+        // Journals made before the key exchange lack its columns.
+        _ = try c.query("""
+            ALTER TABLE shredvault_standbys ADD COLUMN IF NOT EXISTS exchange_epoch int8,
+                ADD COLUMN IF NOT EXISTS exchange_key bytea, ADD COLUMN IF NOT EXISTS exchange_tag bytea
+            """, logger: logger).wait()
         s.standbyTableReady = true
     }
 
@@ -623,6 +631,38 @@ final class PostgresJournal: JournalBackend, @unchecked Sendable {
                 ON CONFLICT (name) DO UPDATE SET applied = excluded.applied, epoch = excluded.epoch,
                     lag_ms = excluded.lag_ms, seen_at = excluded.seen_at
                 """, logger: logger).wait()
+        }
+    }
+
+    /// A standby publishes the public half of its exchange key for `generation`, with its tag
+    /// (`KeyExchange.tag`): the rotation to the next generation seals the new key to it.
+    func publishExchangeKey(name: String, generation: UInt64, publicKey: [UInt8], tag: [UInt8]) throws {
+        try run("publishing the standby's exchange key") { c, s in
+            try ensureStandbyTable(c, &s)
+            let result = try c.query("""
+                UPDATE shredvault_standbys SET exchange_epoch = \(Int64(generation)), exchange_key = \(ByteBuffer(bytes: publicKey)),
+                    exchange_tag = \(ByteBuffer(bytes: tag)), seen_at = now()
+                WHERE name = \(name)
+                """, logger: logger).wait()
+            guard result.metadata.rows == 1 else {
+                throw VaultError.journal("the standby \(name) is not registered in the journal")
+            }
+        }
+    }
+
+    func exchangeKeys(generation: UInt64) throws -> [PublishedExchangeKey] {
+        try run("listing the standbys' exchange keys") { c, s in
+            try ensureStandbyTable(c, &s)
+            let rows = try c.query("""
+                SELECT name, exchange_key, exchange_tag FROM shredvault_standbys
+                WHERE exchange_epoch = \(Int64(generation)) AND exchange_key IS NOT NULL AND exchange_tag IS NOT NULL
+                    AND seen_at > now() - interval '1 hour' ORDER BY name
+                """, logger: logger).wait().rows
+            return try rows.map { row in
+                let (name, key, tag) = try row.decode((String, ByteBuffer, ByteBuffer).self)
+                return PublishedExchangeKey(name: name, generation: generation, publicKey: Array(key.readableBytesView),
+                                            tag: Array(tag.readableBytesView))
+            }
         }
     }
 

@@ -10,9 +10,10 @@ import Sodium
 /// under the next term — the old writer's appends fail from that moment — catches up to the
 /// head, and hands over to an ordinary `Vault.open` on the same data directory.
 ///
-/// The standby learns a new master key generation as a restore does: the rotation's change set
-/// carries it, sealed under the old generation's journal key, and the key file moves to it
-/// when that change set is applied (the old generation is shredded).
+/// The standby learns a new master key generation through the single-use exchange
+/// (`KeyExchange`): it publishes a fresh exchange key per generation, the rotation's change set
+/// carries the next key sealed to it, and the key file moves to that generation when the change
+/// set is applied (the old generation and the used private key are shredded).
 public final class Standby: @unchecked Sendable {
     // unchecked: `stores` is touched by the follower thread and, after it stopped, by `promote`;
     // everything else mutable is behind `state`'s lock.
@@ -118,11 +119,11 @@ public final class Standby: @unchecked Sendable {
                     local = try localPosition(stores)
                     (master, generation) = try Vault.matchingMasterKey(stores, file: file)
                 }
-                _ = master
                 // Registered before it follows: from now on the writer keeps every change set after
                 // this position (a first catch-up of a busy journal takes a while, and a rotation's
                 // snapshot meanwhile must not truncate what it has not applied yet).
                 try backend.reportStandby(name: name, applied: local.applied, epoch: generation, lagMilliseconds: 0)
+                try publishExchangeKey(backend, name: name, file: file, generation: generation, master: master)
                 let standby = Standby(dataDirectory: dataDirectory, name: name,
                                       settings: settings, file: file, lock: lock, stores: stores,
                                       backend: backend, vaultID: vaultID, applied: local.applied, epoch: generation,
@@ -163,6 +164,22 @@ public final class Standby: @unchecked Sendable {
             (try txn.value(forKey: Vault.metaVaultID, in: stores.ks.meta),
              try Vault.journalRow(in: txn, meta: stores.ks.meta)?.sequence ?? 0)
         }
+    }
+
+    /// Makes sure the journal has this standby's exchange key for `generation`, whose private half
+    /// is in `<key file>.exchange`: kept when the file holds that generation, else a new pair (an
+    /// older generation's private half is shredded first).
+    private static func publishExchangeKey(_ backend: PostgresJournal, name: String, file: MasterKeyFile, generation: UInt64,
+                                           master: Key) throws {
+        let exchange = ExchangeKeyFile(besideMasterKey: file.path)
+        let publicKey: [UInt8]
+        if let held = try exchange.load(), held.generation == generation {
+            publicKey = held.pair.publicKey
+        } else {
+            publicKey = try exchange.create(generation: generation).publicKey
+        }
+        try backend.publishExchangeKey(name: name, generation: generation, publicKey: publicKey,
+                                       tag: try KeyExchange.tag(publicKey: publicKey, name: name, generation: generation, master: master))
     }
 
     /// `host:data-directory`: unique among the standbys of one journal.
@@ -270,7 +287,12 @@ public final class Standby: @unchecked Sendable {
                                          + "which starts again from the latest snapshot")
             }
             try Vault.replay(backend, after: applied, to: status.head, vaultID: vaultID, stores: stores, file: file,
-                             progress: nil)
+                             progress: nil) { [self] generation, master in
+                // Published before the next rotation can want it.
+                try backend.reportStandby(name: name, applied: try Self.localPosition(stores).applied, epoch: generation,
+                                          lagMilliseconds: 0)
+                try Self.publishExchangeKey(backend, name: name, file: file, generation: generation, master: master)
+            }
             let generation = try Vault.matchingMasterKey(stores, file: file).1
             try reloadTokens()
             state.withLock { s in
@@ -372,6 +394,9 @@ public final class Standby: @unchecked Sendable {
         do { try backend.forgetStandby(name: name) } catch {
             // Harmless but said: the writer keeps change sets for this name until it ages out (an hour).
             settings.progress?("promoted, but its standby position could not be removed from the journal (\(error))")
+        }
+        do { try ExchangeKeyFile(besideMasterKey: file.path).destroy() } catch {
+            settings.progress?("promoted, but its exchange key could not be removed (\(error)): shred \(file.path).exchange")
         }
         var settings = self.settings
         settings.leaseHolder = backend.holder

@@ -231,10 +231,13 @@ final class Rotation: @unchecked Sendable {
         let state = context.state
         let generation = state.masterGeneration + 1
         let newMaster = try Key.random()
+        // The standbys' boxes of the new key, before anything is written (an unreachable journal
+        // fails the rotation here, with nothing to undo).
+        let carried = try stores.journal.map { try $0.nextMaster(newMaster, generation: generation, current: state.masterKey) }
         try state.masterKeyFile.write(key: newMaster.bytes, generation: generation, to: state.masterKeyFile.nextPath)
         try fault(.rotationNextKeyWritten, context)
 
-        try stores.write(carrying: (newMaster, generation)) { txn, rec in
+        try stores.write(carrying: carried) { txn, rec in
             for t in try tenants(in: txn, dbs: dbs) {
                 let root: Key
                 do {
