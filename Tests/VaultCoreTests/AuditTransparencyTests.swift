@@ -34,6 +34,15 @@ enum Reference {
     }
 }
 
+/// Leaves given by the test rather than read from entries.
+private struct GivenLeaves: LeafSource {
+    let leaves: [[UInt8]]
+    func leafHash(_ log: UInt32, _ index: UInt64, in ks: borrowing Transaction, _ rec: borrowing Transaction,
+                  audit: AuditDatabases) throws -> MerkleTree.Hash? {
+        MerkleTree.leafHash(leaves[Int(index)])
+    }
+}
+
 /// What a vault written before the transparency logs lacks: every subtree and the logs' state.
 private func removeTrees(_ ks: borrowing Transaction, _ dbs: KeystoreDatabases, _ rec: borrowing Transaction,
                          _ audit: AuditDatabases) throws {
@@ -58,22 +67,33 @@ private func removeTrees(_ ks: borrowing Transaction, _ dbs: KeystoreDatabases, 
         let audit = AuditDatabases(entries: db, byTenant: db, tree: db, archivedEntries: db, archivedByTenant: db, archivedTree: db)
         let entries = (0..<257).map { i in [UInt8(i & 0xFF), UInt8(i >> 8), 0x5A] }
         let leaves = entries.map(Reference.leaf)
+        // The tree computes subtrees below its stored level from the leaves' bytes.
+        let given = GivenLeaves(leaves: entries)
         try env.write { txn in
-            for (i, e) in entries.enumerated() { try AuditTree.append(leaf: e, index: UInt64(i), log: 7, in: txn, txn, audit: audit) }
+            for (i, e) in entries.enumerated() {
+                try AuditTree.append(leaf: e, index: UInt64(i), log: 7, in: txn, txn, audit: audit, leaves: given)
+            }
         }
         try env.read { txn in
-            let roots = try (0...257).map { n in try AuditTree.root(7, size: UInt64(n), in: txn, txn, audit: audit) }
+            // Only complete subtrees of 16 leaves and more are rows: 16 + 8 + 4 + 2 + 1 of them.
+            var rows: [(UInt8, UInt64)] = []
+            try txn.forEach(in: db) { k, _ in
+                rows.append((k[4], readBE(k, at: 5)))
+                return .continue
+            }
+            #expect(rows.count == 31 && rows.allSatisfy { $0.0 >= AuditTree.storedLevel }, "rows: \(rows)")
+            let roots = try (0...257).map { n in try AuditTree.root(7, size: UInt64(n), in: txn, txn, audit: audit, leaves: given) }
             for n in 0...257 { #expect(roots[n] == Reference.root(leaves[0..<n]), "root of \(n)") }
             for size in UInt64(1)...257 {
                 let indices = size <= 40 ? Array(0..<size) : [0, 1, size / 3, size / 2, size - 2, size - 1]
                 for index in indices {
-                    let proof = try AuditTree.inclusionProof(7, index: index, size: size, in: txn, txn, audit: audit)
+                    let proof = try AuditTree.inclusionProof(7, index: index, size: size, in: txn, txn, audit: audit, leaves: given)
                     #expect(MerkleTree.verifyInclusion(leaf: leaves[Int(index)], index: index, size: size, proof: proof,
                                                        root: roots[Int(size)]), "inclusion \(index)/\(size)")
                 }
                 let olds = size <= 40 ? Array(1...size) : [1, 2, 3, size / 2, size - 1, size]
                 for old in olds {
-                    let proof = try AuditTree.consistencyProof(7, from: old, to: size, in: txn, txn, audit: audit)
+                    let proof = try AuditTree.consistencyProof(7, from: old, to: size, in: txn, txn, audit: audit, leaves: given)
                     #expect(MerkleTree.verifyConsistency(old: old, new: size, oldRoot: roots[Int(old)], newRoot: roots[Int(size)],
                                                          proof: proof), "consistency \(old)->\(size)")
                 }

@@ -231,15 +231,19 @@ enum AuditLog {
             tenantSeq = local
         }
         // The transparency logs: the operator's view of the entry, and the tenant's.
-        try AuditTree.append(leaf: AuditEntry.leaf(seq: seq, at: at, tenant: event.tenant?.slug, actor: event.actor.id,
-                                                   action: event.action, target: nil, outcome: event.outcome,
-                                                   count: event.count, reference: nil, hash: hash),
-                             index: seq - 1, log: AuditTree.operatorLog, in: ks, rec, audit: audit)
+        let leaves = WriterLeaves(context: context)
+        let operatorLeaf = try AuditTree.append(
+            leaf: AuditEntry.leaf(seq: seq, at: at, tenant: event.tenant?.slug, actor: event.actor.id, action: event.action,
+                                  target: nil, outcome: event.outcome, count: event.count, reference: nil, hash: hash),
+            index: seq - 1, log: AuditTree.operatorLog, in: ks, rec, audit: audit, leaves: leaves)
+        context.appended(leaf: operatorLeaf, log: AuditTree.operatorLog, index: seq - 1)
         if let t = event.tenant, let tenantSeq {
-            try AuditTree.append(leaf: AuditEntry.leaf(seq: tenantSeq, at: at, tenant: t.slug, actor: event.actor.id,
-                                                       action: event.action, target: event.target, outcome: event.outcome,
-                                                       count: event.count, reference: event.reference, hash: hash),
-                                 index: tenantSeq - 1, log: t.number, in: ks, rec, audit: audit)
+            let tenantLeaf = try AuditTree.append(
+                leaf: AuditEntry.leaf(seq: tenantSeq, at: at, tenant: t.slug, actor: event.actor.id, action: event.action,
+                                      target: event.target, outcome: event.outcome, count: event.count,
+                                      reference: event.reference, hash: hash),
+                index: tenantSeq - 1, log: t.number, in: ks, rec, audit: audit, leaves: leaves)
+            context.appended(leaf: tenantLeaf, log: t.number, index: tenantSeq - 1)
         }
         let head = AuditHead(seq: seq, hash: hash)
         // The head anchors the tail: deleting the newest entries is detected too.

@@ -67,7 +67,7 @@ public enum AuditRetention {
         let archived = try AuditLog.archived(in: ks, dbs: dbs)
         let mark = try AuditLog.prunedCount(AuditTree.operatorLog, in: rec, audit: audit)
         guard mark < archived else { return 0 }
-        var stubs: [(key: [UInt8], stub: [UInt8], tenant: String?)] = []
+        var stubs: [(key: [UInt8], stub: [UInt8], entry: AuditEntry)] = []
         try rec.forEach(in: audit.archivedEntries, from: Layout.auditKey(mark + 1)) { k, v in
             guard k.count == 8 else { throw VaultError.corrupt("audit archive: a key of \(k.count) bytes") }
             let seq: UInt64 = readBE(k, at: 0)
@@ -77,27 +77,36 @@ public enum AuditRetention {
                 throw VaultError.corrupt("audit entry \(mark + UInt64(stubs.count) + 1) is missing from the archive; run shredvault audit verify")
             }
             guard e.at < cutoff else { return .stop }
-            stubs.append((Array(k), AuditEntry.pruned(seq: e.seq, at: e.at, prev: e.prev, hash: e.hash), e.tenant))
+            stubs.append((Array(k), AuditEntry.pruned(seq: e.seq, at: e.at, prev: e.prev, hash: e.hash), e))
             return .continue
         }
         guard !stubs.isEmpty else { return 0 }
+        // Each log's count of pruned entries, which numbers its next pruned leaf.
         var numbers: [String: UInt32] = [:]
-        var counts: [UInt32: UInt64] = [:]
+        var counts: [UInt32: UInt64] = [AuditTree.operatorLog: mark]
         for s in stubs {
+            // The tree computes small subtrees from the entries: a pruned entry's leaf hashes are
+            // kept as rows, in both its logs, before its body goes.
+            try rec.put(MerkleTree.leafHash(s.entry.leaf(tenantSeq: nil)),
+                        forKey: AuditTree.key(AuditTree.operatorLog, 0, s.entry.seq - 1), in: audit.archivedTree)
             try rec.put(s.stub, forKey: s.key, in: audit.archivedEntries)
-            guard let slug = s.tenant else { continue }
+            guard let slug = s.entry.tenant else { continue }
             if numbers[slug] == nil {
-                numbers[slug] = try ks.withValue(forKey: Array(slug.utf8), in: dbs.tenants) { b in
+                let number = try ks.withValue(forKey: Array(slug.utf8), in: dbs.tenants) { b in
                     guard let b else { throw VaultError.corrupt("audit entry of tenant \(slug), which the keystore does not know") }
                     return try TenantRow.decode(b).number
                 }
+                numbers[slug] = number
+                counts[number] = try AuditLog.prunedCount(number, in: rec, audit: audit)
             }
-            counts[numbers[slug]!, default: 0] += 1
+            let t = numbers[slug]!, index = counts[t]!
+            try rec.put(MerkleTree.leafHash(s.entry.leaf(tenantSeq: index + 1)), forKey: AuditTree.key(t, 0, index),
+                        in: audit.archivedTree)
+            counts[t] = index + 1
         }
-        counts[AuditTree.operatorLog] = UInt64(stubs.count)
+        counts[AuditTree.operatorLog] = mark + UInt64(stubs.count)
         for (log, n) in counts {
-            let before = try AuditLog.prunedCount(log, in: rec, audit: audit)
-            try rec.put(.be(before + n), forKey: Layout.auditCountKey(log), in: audit.archivedByTenant)
+            try rec.put(.be(n), forKey: Layout.auditCountKey(log), in: audit.archivedByTenant)
         }
         return UInt64(stubs.count)
     }

@@ -6,77 +6,225 @@ import Sodium
 /// operator's view of every entry. Written in the transaction of the operation each entry
 /// records, so a leaf commits (or vanishes) with its operation.
 ///
-/// Stored as aligned complete subtrees in the record store: `audit_tree` maps `log(u32)|level(u8)|index(u64)` to
-/// the hash of leaves `index·2^level ..< (index+1)·2^level` of that log, written once the
-/// subtree is complete (level 0: the leaf hashes). Every hash a head or a proof needs is one of
-/// them or is computed from O(log n) of them; nothing is ever rewritten, so an appended leaf
-/// costs its own row and, amortised, one more. Log 0 is the operator's; a tenant's log is its
-/// internal number (tenants are numbered from 1).
+/// Stored as aligned complete subtrees of at least `storedLevel`'s size: `audit_tree` maps
+/// `log(u32)|level(u8)|index(u64)` to the hash of leaves `index·2^level ..< (index+1)·2^level`
+/// of that log, written once the subtree is complete, in the keystore's tail and then the
+/// archive (`AuditArchive`). Smaller subtrees, leaves included, are computed from the entries
+/// themselves (`StoredLeaves`: a leaf is the entry as its reader is shown it), so an append
+/// writes a row only when it completes a block of 2^storedLevel leaves: a sixteenth of a row
+/// per log, amortised, where storing every level cost two. Every hash a head or a proof needs
+/// is a stored row or is computed from O(log n) of them and at most 2^storedLevel − 1 leaves
+/// of one block. Nothing is ever rewritten. Log 0 is the operator's; a tenant's log is its
+/// internal number (tenants are numbered from 1). Vaults written before kept every level:
+/// their extra rows are read like any other (a leaf's row first, when the entry was pruned).
 enum AuditTree {
     typealias Hash = MerkleTree.Hash
     static let operatorLog: UInt32 = 0
+    /// The smallest stored subtree: 2^4 = 16 leaves.
+    static let storedLevel: UInt8 = 4
 
     static func key(_ log: UInt32, _ level: UInt8, _ index: UInt64) -> [UInt8] { .be(log) + [level] + .be(index) }
 
-    /// Appends the leaf of `bytes` as leaf `index` of `log` (its size before the append), with
-    /// every subtree it completes, in the keystore's tail.
+    /// Appends leaf `index` of `log` (its size before the append), whose bytes are `bytes`: when
+    /// it completes a block of 2^`storedLevel` leaves, the block's hash, computed from its
+    /// leaves, and every larger subtree it completes are written to the keystore's tail.
+    /// Answers the leaf's hash.
+    @discardableResult
     static func append(leaf bytes: [UInt8], index: UInt64, log: UInt32, in ks: borrowing Transaction,
-                       _ rec: borrowing Transaction, audit: AuditDatabases) throws {
-        var hash = MerkleTree.leafHash(bytes)
-        try ks.put(hash, forKey: key(log, 0, index), in: audit.tree)
-        var i = index, level: UInt8 = 0
+                       _ rec: borrowing Transaction, audit: AuditDatabases,
+                       leaves: any LeafSource = StoredLeaves()) throws -> Hash {
+        let leafHash = MerkleTree.leafHash(bytes)
+        let block = UInt64(1) << storedLevel
+        guard index % block == block - 1 else { return leafHash }
+        var i = index >> storedLevel, level = storedLevel
+        var hash: Hash
+        do {
+            hash = try computed(log, level, i, in: ks, rec, audit: audit, leaves: leaves, newest: (index, leafHash))
+        } catch VaultError.corrupt {
+            // An earlier entry of the block is missing or damaged (the keystore was tampered
+            // with): the operation goes on with its entry, and the block, and every subtree
+            // above it, stays without a row, so no head covers the damage and every head or
+            // proof that needs it answers the corruption (verification names the entry).
+            return leafHash
+        }
+        try ks.put(hash, forKey: key(log, level, i), in: audit.tree)
         while i & 1 == 1 {
-            let left = try subtree(log, level, i - 1, in: ks, rec, audit: audit)
+            let left: Hash
+            do { left = try subtree(log, level, i - 1, in: ks, rec, audit: audit, leaves: leaves) } catch VaultError.corrupt {
+                return leafHash
+            }
             hash = MerkleTree.nodeHash(left, hash)
             i >>= 1
             level += 1
             try ks.put(hash, forKey: key(log, level, i), in: audit.tree)
         }
+        return leafHash
     }
 
-    /// The stored hash of a complete subtree, from the tail or the archive; a missing or
-    /// malformed one is corruption.
+    /// The hash of a complete subtree: a stored row from `storedLevel` up (tail, then archive),
+    /// computed from the leaves below it; a missing or malformed row is corruption.
     static func subtree(_ log: UInt32, _ level: UInt8, _ index: UInt64, in ks: borrowing Transaction,
-                        _ rec: borrowing Transaction, audit: AuditDatabases) throws -> Hash {
+                        _ rec: borrowing Transaction, audit: AuditDatabases,
+                        leaves: any LeafSource = StoredLeaves()) throws -> Hash {
+        if level < storedLevel {
+            return try computed(log, level, index, in: ks, rec, audit: audit, leaves: leaves, newest: nil)
+        }
+        if let h = try stored(log, level, index, in: ks, rec, audit: audit) { return h }
+        throw VaultError.corrupt("audit tree \(describe(log)): subtree \(level)/\(index) is missing")
+    }
+
+    /// A subtree below `storedLevel`, from its leaves (`newest`: a leaf not yet readable).
+    private static func computed(_ log: UInt32, _ level: UInt8, _ index: UInt64, in ks: borrowing Transaction,
+                                 _ rec: borrowing Transaction, audit: AuditDatabases, leaves: any LeafSource,
+                                 newest: (index: UInt64, hash: Hash)?) throws -> Hash {
+        guard level > 0 else {
+            if let newest, newest.index == index { return newest.hash }
+            if let h = try leaves.leafHash(log, index, in: ks, rec, audit: audit) { return h }
+            // A pruned entry: pruning stored its leaf's hash (`AuditRetention`).
+            if let h = try stored(log, 0, index, in: ks, rec, audit: audit) { return h }
+            throw VaultError.corrupt("audit tree \(describe(log)): leaf \(index) is pruned and its hash is missing")
+        }
+        let left = try computed(log, level - 1, index << 1, in: ks, rec, audit: audit, leaves: leaves, newest: newest)
+        let right = try computed(log, level - 1, index << 1 | 1, in: ks, rec, audit: audit, leaves: leaves, newest: newest)
+        return MerkleTree.nodeHash(left, right)
+    }
+
+    private static func stored(_ log: UInt32, _ level: UInt8, _ index: UInt64, in ks: borrowing Transaction,
+                               _ rec: borrowing Transaction, audit: AuditDatabases) throws -> Hash? {
         let k = key(log, level, index)
         func check(_ b: UnsafeRawBufferPointer?) throws -> Hash? {
             guard let b else { return nil }
             guard b.count == SHA256.digestCount else {
-                throw VaultError.corrupt("audit tree \(log == operatorLog ? "of the operator" : "of tenant \(log)"): "
-                                         + "subtree \(level)/\(index) is malformed")
+                throw VaultError.corrupt("audit tree \(describe(log)): subtree \(level)/\(index) is malformed")
             }
             return Array(b)
         }
         if let h = try ks.withValue(forKey: k, in: audit.tree, check) { return h }
-        if let h = try rec.withValue(forKey: k, in: audit.archivedTree, check) { return h }
-        throw VaultError.corrupt("audit tree \(log == operatorLog ? "of the operator" : "of tenant \(log)"): "
-                                 + "subtree \(level)/\(index) is missing")
+        return try rec.withValue(forKey: k, in: audit.archivedTree, check)
     }
+
+    static func describe(_ log: UInt32) -> String { log == operatorLog ? "of the operator" : "of tenant \(log)" }
 
     /// The root of the first `size` leaves of `log`.
     static func root(_ log: UInt32, size: UInt64, in ks: borrowing Transaction, _ rec: borrowing Transaction,
-                     audit: AuditDatabases) throws -> Hash {
-        try MerkleTree.root(size: size) { lo, count in try aligned(log, lo, count, in: ks, rec, audit: audit) }
+                     audit: AuditDatabases, leaves: any LeafSource = StoredLeaves()) throws -> Hash {
+        try MerkleTree.root(size: size) { lo, count in try aligned(log, lo, count, in: ks, rec, audit: audit, leaves: leaves) }
     }
 
     /// The inclusion proof of leaf `index` in the tree of the first `size` leaves (`index < size`).
     static func inclusionProof(_ log: UInt32, index: UInt64, size: UInt64, in ks: borrowing Transaction,
-                               _ rec: borrowing Transaction, audit: AuditDatabases) throws -> [Hash] {
-        try MerkleTree.inclusionProof(index: index, size: size) { lo, count in try aligned(log, lo, count, in: ks, rec, audit: audit) }
+                               _ rec: borrowing Transaction, audit: AuditDatabases,
+                               leaves: any LeafSource = StoredLeaves()) throws -> [Hash] {
+        try MerkleTree.inclusionProof(index: index, size: size) { lo, count in
+            try aligned(log, lo, count, in: ks, rec, audit: audit, leaves: leaves)
+        }
     }
 
     /// The consistency proof from the first `old` leaves to the first `new` (`old <= new`).
     static func consistencyProof(_ log: UInt32, from old: UInt64, to new: UInt64, in ks: borrowing Transaction,
-                                 _ rec: borrowing Transaction, audit: AuditDatabases) throws -> [Hash] {
-        try MerkleTree.consistencyProof(from: old, to: new) { lo, count in try aligned(log, lo, count, in: ks, rec, audit: audit) }
+                                 _ rec: borrowing Transaction, audit: AuditDatabases,
+                                 leaves: any LeafSource = StoredLeaves()) throws -> [Hash] {
+        try MerkleTree.consistencyProof(from: old, to: new) { lo, count in
+            try aligned(log, lo, count, in: ks, rec, audit: audit, leaves: leaves)
+        }
     }
 
     /// The complete subtree of `count` (a power of two) leaves from `lo` (a multiple of `count`),
     /// as RFC 9162's recursion asks for them.
     private static func aligned(_ log: UInt32, _ lo: UInt64, _ count: UInt64, in ks: borrowing Transaction,
-                                _ rec: borrowing Transaction, audit: AuditDatabases) throws -> Hash {
+                                _ rec: borrowing Transaction, audit: AuditDatabases, leaves: any LeafSource) throws -> Hash {
         precondition(count > 0 && count & (count - 1) == 0 && lo % count == 0, "an aligned complete subtree")
-        return try subtree(log, UInt8(count.trailingZeroBitCount), lo / count, in: ks, rec, audit: audit)
+        return try subtree(log, UInt8(count.trailingZeroBitCount), lo / count, in: ks, rec, audit: audit, leaves: leaves)
+    }
+}
+
+/// Where a log's leaf hashes come from when no row holds them.
+protocol LeafSource {
+    /// The hash of leaf `index` of `log`; nil when the entry was pruned (its hash is a row).
+    func leafHash(_ log: UInt32, _ index: UInt64, in ks: borrowing Transaction, _ rec: borrowing Transaction,
+                  audit: AuditDatabases) throws -> MerkleTree.Hash?
+}
+
+/// The vault's leaves: the entries (tail, then archive), through each tenant's numbering.
+struct StoredLeaves: LeafSource {
+    func leafHash(_ log: UInt32, _ index: UInt64, in ks: borrowing Transaction, _ rec: borrowing Transaction,
+                  audit: AuditDatabases) throws -> MerkleTree.Hash? {
+        let seq: UInt64
+        if log == AuditTree.operatorLog {
+            seq = index + 1
+        } else {
+            let k = Layout.auditByTenantKey(log, index + 1)
+            func decode(_ b: UnsafeRawBufferPointer?) throws -> UInt64? {
+                guard let b else { return nil }
+                guard b.count == 8 else { throw VaultError.corrupt("audit tenant index: entry \(index + 1) of tenant \(log) is malformed") }
+                return readBE(b, at: 0)
+            }
+            guard let s = try ks.withValue(forKey: k, in: audit.byTenant, decode)
+                    ?? rec.withValue(forKey: k, in: audit.archivedByTenant, decode) else {
+                throw VaultError.corrupt("audit tenant index: entry \(index + 1) of tenant \(log) is missing")
+            }
+            seq = s
+        }
+        let k = Layout.auditKey(seq)
+        func decode(_ b: UnsafeRawBufferPointer?) throws -> AuditEntry.Stored? { try b.map(AuditEntry.decodeStored) }
+        guard let stored = try ks.withValue(forKey: k, in: audit.entries, decode)
+                ?? rec.withValue(forKey: k, in: audit.archivedEntries, decode) else {
+            throw VaultError.corrupt("audit entry \(seq) (leaf \(index) of the log \(AuditTree.describe(log))) is missing")
+        }
+        guard case .entry(let e, _) = stored else { return nil }
+        return MerkleTree.leafHash(e.leaf(tenantSeq: log == AuditTree.operatorLog ? nil : index + 1))
+    }
+}
+
+/// The writer's leaves: those of the operation's own appends and, for each log, those of its
+/// current block as committed (`WriterState.auditLeaves`), else the entries. A leaf hash kept in
+/// memory is one a committed append computed from that very entry, so it is the stored one.
+struct WriterLeaves: LeafSource {
+    let context: OperationContext
+
+    func leafHash(_ log: UInt32, _ index: UInt64, in ks: borrowing Transaction, _ rec: borrowing Transaction,
+                  audit: AuditDatabases) throws -> MerkleTree.Hash? {
+        if let h = context.appendedLeaf(log, index) ?? context.state.auditLeaves.hash(log, index) {
+            // Debug builds (every test, the crash and tamper suites) check the memory against the entry.
+            assert(Self.matchesEntry(h, log, index, in: ks, rec, audit: audit), "audit leaf \(log)/\(index) in memory is not the entry's")
+            return h
+        }
+        return try StoredLeaves().leafHash(log, index, in: ks, rec, audit: audit)
+    }
+
+    private static func matchesEntry(_ h: MerkleTree.Hash, _ log: UInt32, _ index: UInt64, in ks: borrowing Transaction,
+                                     _ rec: borrowing Transaction, audit: AuditDatabases) -> Bool {
+        do {
+            return try StoredLeaves().leafHash(log, index, in: ks, rec, audit: audit).map { $0 == h } ?? true
+        } catch {
+            return true  // a damaged entry is verification's to name
+        }
+    }
+}
+
+/// The leaf hashes of each log's current block of 2^`storedLevel`, as committed: what the
+/// append that completes a block needs, without reading and decoding its entries again.
+/// A block whose leaves did not all pass through here (a restart, a failed maintenance
+/// operation) is not kept; its leaves are read from the entries.
+struct AuditLeafCache {
+    private var blocks: [UInt32: (first: UInt64, hashes: [MerkleTree.Hash])] = [:]
+
+    func hash(_ log: UInt32, _ index: UInt64) -> MerkleTree.Hash? {
+        guard let b = blocks[log], index >= b.first, index - b.first < UInt64(b.hashes.count) else { return nil }
+        return b.hashes[Int(index - b.first)]
+    }
+
+    /// A committed append's leaf.
+    mutating func committed(_ log: UInt32, _ index: UInt64, _ hash: MerkleTree.Hash) {
+        let size = UInt64(1) << AuditTree.storedLevel
+        if index % size == 0 {
+            blocks[log] = (index, [hash])
+        } else if var b = blocks[log], b.first + UInt64(b.hashes.count) == index {
+            b.hashes.append(hash)
+            blocks[log] = b.hashes.count == Int(size) ? nil : b
+        } else {
+            blocks[log] = nil
+        }
     }
 }
 

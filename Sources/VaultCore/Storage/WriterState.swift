@@ -14,6 +14,8 @@ final class WriterState: @unchecked Sendable {
     var auditArchived: UInt64
     /// Ciphertexts whose wrapped DEKs are gone (committed); deleted in the next record-store txn.
     var pendingCiphertextDeletes: [[UInt8]] = []
+    /// The leaf hashes of each audit log's current block, as committed (`AuditLeafCache`).
+    var auditLeaves = AuditLeafCache()
     /// Unwrapped TRK/SBK/BK keys and the DEK scratch buffer.
     let keyCache: KeyCache
     let auditFeed = AuditFeed()
@@ -36,6 +38,7 @@ final class WriterState: @unchecked Sendable {
     func commit(_ context: OperationContext) {
         if context.auditHead.seq != auditHead.seq { auditFeed.advanced() }
         auditHead = context.auditHead
+        for l in context.auditLeaves { auditLeaves.committed(l.log, l.index, l.hash) }
         pendingCiphertextDeletes += context.ciphertextDeletes
         if context.keysDestroyed { keyCache.removeAll() }
     }
@@ -54,6 +57,9 @@ final class OperationContext {
     /// The audit's databases, in the record store.
     let audit: AuditDatabases
     var auditHead: AuditHead
+    /// The leaves this batch's appends added to the audit logs, in order (`WriterLeaves`).
+    private(set) var auditLeaves: [(log: UInt32, index: UInt64, hash: MerkleTree.Hash)] = []
+    private var auditLeafPositions: [AuditLeafKey: Int] = [:]
     var ciphertextDeletes: [[UInt8]] = []
     /// Set by an operation that destroys keys (offboarding): the cache is wiped at commit.
     var keysDestroyed = false
@@ -73,16 +79,33 @@ final class OperationContext {
     var masterGeneration: UInt64 { state.masterGeneration }
     var keyCache: KeyCache { state.keyCache }
 
+    private struct AuditLeafKey: Hashable {
+        let log: UInt32
+        let index: UInt64
+    }
+
+    func appended(leaf hash: MerkleTree.Hash, log: UInt32, index: UInt64) {
+        auditLeafPositions[AuditLeafKey(log: log, index: index)] = auditLeaves.count
+        auditLeaves.append((log, index, hash))
+    }
+
+    func appendedLeaf(_ log: UInt32, _ index: UInt64) -> MerkleTree.Hash? {
+        auditLeafPositions[AuditLeafKey(log: log, index: index)].map { auditLeaves[$0].hash }
+    }
+
     struct Mark {
         let auditHead: AuditHead
         let deletes: Int
+        let leaves: Int
     }
 
-    func mark() -> Mark { Mark(auditHead: auditHead, deletes: ciphertextDeletes.count) }
+    func mark() -> Mark { Mark(auditHead: auditHead, deletes: ciphertextDeletes.count, leaves: auditLeaves.count) }
 
     /// Undoes the in-memory effects of an operation whose child transactions were aborted.
     func rollback(to mark: Mark) {
         auditHead = mark.auditHead
         ciphertextDeletes.removeLast(ciphertextDeletes.count - mark.deletes)
+        for l in auditLeaves[mark.leaves...] { auditLeafPositions[AuditLeafKey(log: l.log, index: l.index)] = nil }
+        auditLeaves.removeLast(auditLeaves.count - mark.leaves)
     }
 }
