@@ -27,7 +27,9 @@ final class TamperDaemon: @unchecked Sendable {
     static let configuration = VaultConfiguration(keystoreMapSize: 256 << 20, recordsMapSize: 1 << 30)
 
     /// Opens (or creates) the vault of `dir` and serves it; throws what `Vault.open` throws.
-    static func start(dir: String, create: Bool) async throws -> TamperDaemon {
+    static func start(dir: String, create: Bool, auditTail: UInt64 = AuditArchive.defaultTail) async throws -> TamperDaemon {
+        var configuration = configuration
+        configuration.auditTail = auditTail
         let vault = create
             ? try Vault.create(dataDirectory: dir + "/data", masterKeyFile: dir + "/keys/master.key", configuration: configuration)
             : try Vault.open(dataDirectory: dir + "/data", masterKeyFile: dir + "/keys/master.key", configuration: configuration)
@@ -192,9 +194,12 @@ final class TamperVault: @unchecked Sendable {
 
     // MARK: Daemon
 
+    /// How many audit entries the keystore keeps (the rest are in the record store's archive).
+    var auditTail = AuditArchive.defaultTail
+
     func start() async throws {
         precondition(daemon == nil)
-        daemon = try await TamperDaemon.start(dir: dir, create: false)
+        daemon = try await TamperDaemon.start(dir: dir, create: false, auditTail: auditTail)
     }
 
     func stop() async {

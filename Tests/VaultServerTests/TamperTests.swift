@@ -622,6 +622,9 @@ private enum BlastRadius {
     case records(Set<String>, statuses: Set<Int>)
     /// No record depends on it; verify must name this audit entry.
     case auditEntry(UInt64)
+    /// The audit's numbering or tree (tail or archive): every record reads back and lists, and
+    /// nothing is asked of verify, which checks the chain (a tenant's saved heads catch the rest).
+    case auditIndex
     /// Shared state (meta: master key check, token key, audit head; tokens): any record may
     /// be refused, the daemon may refuse to start, but a 200 is still exactly the original.
     case anything
@@ -644,6 +647,13 @@ extension TamperTests {
         print("tamper random flips: \(rounds) rounds, SHREDVAULT_TAMPER_SEED=\(seed)")
 
         let v = try await TamperVault.make()
+        // One start with a short tail fills the record store's archive (entries, numbering,
+        // subtrees); the rounds run with the default tail, so no move during a round copies a
+        // flipped entry out of reach of its undo.
+        v.auditTail = 4
+        try await v.start()
+        await v.stop()
+        v.auditTail = AuditArchive.defaultTail
         let placement = try v.placement()
         let byID = Dictionary(uniqueKeysWithValues: v.labels.map { (RecordID(v.id($0))!.bytes, $0) })
         var tenantNumbers: [String: UInt32] = [:]
@@ -652,6 +662,8 @@ extension TamperTests {
             (.records, Layout.ciphertexts), (.keystore, Layout.records), (.keystore, Layout.buckets),
             (.keystore, Layout.tenants), (.keystore, Layout.audit), (.keystore, Layout.meta),
             (.keystore, Layout.tokens), (.keystore, Layout.policies),
+            (.records, Layout.audit), (.records, Layout.auditByTenant), (.records, Layout.auditTree),
+            (.keystore, Layout.auditByTenant), (.keystore, Layout.auditTree),
         ]
 
         func radius(_ db: String, _ key: [UInt8]) -> BlastRadius {
@@ -668,6 +680,8 @@ extension TamperTests {
                 return .records(Set(v.labels.filter { v.records[$0]!.tenant == slug }), statuses: [401, 404, 500])
             case Layout.audit:
                 return .auditEntry(key.withUnsafeBytes { readBE($0, at: 0) })
+            case Layout.auditByTenant, Layout.auditTree:
+                return .auditIndex
             case Layout.policies:
                 return .records([], statuses: [])
             default:
@@ -696,21 +710,21 @@ extension TamperTests {
                 var expected: [String: TamperReadOutcome] = [:]
                 switch blast {
                 case .records(let labels, let statuses): for l in labels { expected[l] = .readsBackOr(statuses) }
-                case .auditEntry: break
+                case .auditEntry, .auditIndex: break
                 case .anything: for l in v.labels { expected[l] = .readsBackOr([401, 403, 404, 500]) }
                 }
                 problems += await checkReads(v, expected)
                 var listingsMayFail: Set<String> = []
                 switch blast {
                 case .records(let labels, _): listingsMayFail = Set(labels.map { v.records[$0]!.tenant })
-                case .auditEntry: break
+                case .auditEntry, .auditIndex: break
                 case .anything: listingsMayFail = Set(TamperVault.tenants)
                 }
                 problems += await checkListings(v, mayFail: listingsMayFail)
                 switch blast {
                 case .auditEntry(let seq): problems += await checkAudit(v, brokenAt: seq)
                 case .records: problems += await checkAudit(v, brokenAt: nil)
-                case .anything: break
+                case .anything, .auditIndex: break
                 }
                 // What the round did, for the log line.
                 var failing: [String] = []
