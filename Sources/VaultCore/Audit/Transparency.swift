@@ -63,7 +63,8 @@ extension Vault {
         let (log, size, root) = try await perform { ks, rec, context in
             let dbs = self.writer.stores.ks
             let (log, size) = try self.log(tenant, in: ks, dbs: dbs, context: context)
-            return (log, size, try AuditTree.root(log, size: size, in: ks, rec, audit: context.audit))
+            let leaves = WriterLeaves(context: context)
+            return (log, size, try AuditTree.root(log, size: size, in: ks, rec, audit: context.audit, leaves: leaves))
         }
         return auditHeads.head(log: log, tenant: tenant?.slug, size: size, root: root, now: configuration.clock.now())
     }
@@ -78,8 +79,10 @@ extension Vault {
             guard seq >= 1, seq <= size else {
                 throw VaultError.refused("entry \(seq) is not in a tree of \(size) entries")
             }
-            let leaf = try AuditTree.subtree(log, 0, seq - 1, in: ks, rec, audit: context.audit)
-            let path = try AuditTree.inclusionProof(log, index: seq - 1, size: size, in: ks, rec, audit: context.audit)
+            // The newest block's leaves from the writer's memory, the others from their entries.
+            let leaves = WriterLeaves(context: context)
+            let leaf = try AuditTree.subtree(log, 0, seq - 1, in: ks, rec, audit: context.audit, leaves: leaves)
+            let path = try AuditTree.inclusionProof(log, index: seq - 1, size: size, in: ks, rec, audit: context.audit, leaves: leaves)
             return AuditInclusionProof(leafHash: leaf, path: path)
         }
     }
@@ -91,7 +94,8 @@ extension Vault {
             let (log, current) = try self.log(tenant, in: ks, dbs: dbs, context: context)
             try Self.checkSize(to, current)
             guard from <= to else { throw VaultError.refused("\"from\" (\(from)) is beyond \"to\" (\(to))") }
-            return try AuditTree.consistencyProof(log, from: from, to: to, in: ks, rec, audit: context.audit)
+            return try AuditTree.consistencyProof(log, from: from, to: to, in: ks, rec, audit: context.audit,
+                                                  leaves: WriterLeaves(context: context))
         }
     }
 
@@ -104,7 +108,8 @@ extension Vault {
             let size = try AuditLog.prunedCount(log, in: rec, audit: context.audit)
             var subtrees: [[UInt8]] = [], offset: UInt64 = 0
             for level in stride(from: 63, through: 0, by: -1) where size >> UInt64(level) & 1 == 1 {
-                subtrees.append(try AuditTree.subtree(log, UInt8(level), offset >> UInt64(level), in: ks, rec, audit: context.audit))
+                subtrees.append(try AuditTree.subtree(log, UInt8(level), offset >> UInt64(level), in: ks, rec,
+                                                      audit: context.audit, leaves: WriterLeaves(context: context)))
                 offset += 1 << UInt64(level)
             }
             return AuditPrunedPrefix(size: size, subtrees: subtrees)
