@@ -28,88 +28,88 @@ import VaultServer
     // MARK: The matrix
 
     @Test(.timeLimit(.minutes(3))) func isolationMatrix() async throws {
-        let h = try await ServerHarness.start()
-        defer { Task { await h.stop() } }
-        let w = try await AbuseWorld.make(h)
-        let tally = CheckTally()
-        defer { print("isolation matrix: \(tally.passed) passed, \(tally.failed) failed") }
-        let served = VaultServer(vault: h.vault, configuration: .init(socketPath: h.socket)).routes.map { "\($0.method) \($0.path)" }
+        try await ServerHarness.with { (h: ServerHarness) async throws in
+            let w = try await AbuseWorld.make(h)
+            let tally = CheckTally()
+            defer { print("isolation matrix: \(tally.passed) passed, \(tally.failed) failed") }
+            let served = VaultServer(vault: h.vault, configuration: .init(socketPath: h.socket)).routes.map { "\($0.method) \($0.path)" }
 
-        // The table covers exactly the served routes.
-        let ruled = Set(AbuseRules.variants.map(\.route))
-        for route in served { tally.check(ruled.contains(route), "\(route) is served but has no rule in AbuseRules: add one") }
-        for route in ruled.subtracting(served).sorted() { tally.check(false, "AbuseRules has a rule for \(route), which is not served") }
+            // The table covers exactly the served routes.
+            let ruled = Set(AbuseRules.variants.map(\.route))
+            for route in served { tally.check(ruled.contains(route), "\(route) is served but has no rule in AbuseRules: add one") }
+            for route in ruled.subtracting(served).sorted() { tally.check(false, "AbuseRules has a rule for \(route), which is not served") }
 
-        let before = try await (a: w.snapshot(.a), b: w.snapshot(.b))
-        let creds = w.credentials
-        var probes = 0
-        for variant in AbuseRules.variants where served.contains(variant.route) {
-            for cred in creds {
-                let owners: [AbuseOwner?] = variant.ids == nil ? [nil] : [.a, .b, .unknown]
-                var answers: [AbuseOwner: HTTPResponse] = [:]
-                for owner in owners {
-                    let probe = try await variant.make(w, cred, owner ?? .a)
-                    let r = try await cred.client.send(probe.method, probe.path, body: probe.body)
-                    probes += 1
-                    let relation = owner.map { w.relation(cred, $0) } ?? .none
-                    let what = "\(cred.name) \(variant.route)\(variant.label)\(owner.map { " with \($0.rawValue) \(variant.ids!)" } ?? "")"
-                    let expected = variant.expected(cred.role, relation)
-                    tally.check(r.status == expected, "\(what): \(r.status), expected \(expected) — \(r.text.prefix(300))")
-                    if r.status >= 400 { tally.check(r.isProblem, "\(what): not problem+json") }
-                    let named = w.secrets(shownTo: cred, route: variant.route).filter { r.text.contains($0.value) }.map(\.name)
-                    tally.check(named.isEmpty, "\(what): the answer names \(named.joined(separator: ", "))")
-                    if (200..<300).contains(r.status) { try await probe.undo?(r) }
-                    if let owner { answers[owner] = r }
-                }
-                // Another tenant's ids answer like unknown ones.
-                if let mine = cred.tenant, variant.ids != nil, let unknown = answers[.unknown] {
-                    let theirs = answers[mine == .a ? .b : .a]!
-                    let d = theirs.difference(from: unknown)
-                    tally.check(d == nil, "\(cred.name) \(variant.route)\(variant.label): another tenant's \(variant.ids!) answers unlike an unknown one: \(d ?? "")")
-                }
-                // A role that may not use the route learns nothing from the ids either.
-                if let role = cred.role, variant.allowed[role] == nil, variant.ids != nil, let unknown = answers[.unknown] {
-                    for owner in [AbuseOwner.a, .b] {
-                        let d = answers[owner]!.exactDifference(from: unknown)
-                        tally.check(d == nil, "\(cred.name) \(variant.route)\(variant.label): the 403 with \(owner.rawValue) \(variant.ids!) differs: \(d ?? "")")
+            let before = try await (a: w.snapshot(.a), b: w.snapshot(.b))
+            let creds = w.credentials
+            var probes = 0
+            for variant in AbuseRules.variants where served.contains(variant.route) {
+                for cred in creds {
+                    let owners: [AbuseOwner?] = variant.ids == nil ? [nil] : [.a, .b, .unknown]
+                    var answers: [AbuseOwner: HTTPResponse] = [:]
+                    for owner in owners {
+                        let probe = try await variant.make(w, cred, owner ?? .a)
+                        let r = try await cred.client.send(probe.method, probe.path, body: probe.body)
+                        probes += 1
+                        let relation = owner.map { w.relation(cred, $0) } ?? .none
+                        let what = "\(cred.name) \(variant.route)\(variant.label)\(owner.map { " with \($0.rawValue) \(variant.ids!)" } ?? "")"
+                        let expected = variant.expected(cred.role, relation)
+                        tally.check(r.status == expected, "\(what): \(r.status), expected \(expected) — \(r.text.prefix(300))")
+                        if r.status >= 400 { tally.check(r.isProblem, "\(what): not problem+json") }
+                        let named = w.secrets(shownTo: cred, route: variant.route).filter { r.text.contains($0.value) }.map(\.name)
+                        tally.check(named.isEmpty, "\(what): the answer names \(named.joined(separator: ", "))")
+                        if (200..<300).contains(r.status) { try await probe.undo?(r) }
+                        if let owner { answers[owner] = r }
+                    }
+                    // Another tenant's ids answer like unknown ones.
+                    if let mine = cred.tenant, variant.ids != nil, let unknown = answers[.unknown] {
+                        let theirs = answers[mine == .a ? .b : .a]!
+                        let d = theirs.difference(from: unknown)
+                        tally.check(d == nil, "\(cred.name) \(variant.route)\(variant.label): another tenant's \(variant.ids!) answers unlike an unknown one: \(d ?? "")")
+                    }
+                    // A role that may not use the route learns nothing from the ids either.
+                    if let role = cred.role, variant.allowed[role] == nil, variant.ids != nil, let unknown = answers[.unknown] {
+                        for owner in [AbuseOwner.a, .b] {
+                            let d = answers[owner]!.exactDifference(from: unknown)
+                            tally.check(d == nil, "\(cred.name) \(variant.route)\(variant.label): the 403 with \(owner.rawValue) \(variant.ids!) differs: \(d ?? "")")
+                        }
                     }
                 }
             }
-        }
 
-        // Bad credentials last, five of them: the back-off answers a peer's first five failed
-        // authentications at once and delays the ones after (any 401, with a token or without).
-        let a = w.core(.a)
-        let anonymous = h.client(nil)
-        let badCredentials: [(String, VaultHTTPClient, String, String, [UInt8]?)] = [
-            ("a malformed token", h.client(Array("not-a-shredvault-token".utf8)), "GET", "/v1/records/\(a.records[0])", nil),
-            ("A's revoked admin token", h.client(w.revokedAdminToken), "DELETE", "/v1/holds/\(a.hold)", nil),
-            ("an offboarded tenant's admin token", h.client(w.offboardedAdminToken), "DELETE", "/v1/records/\(a.records[1])", nil),
-            ("no token", anonymous, "POST", "/v1/subjects/erase", json(["subject": a.subject])),
-            ("no token", anonymous, "DELETE", "/v1/admin/tenants/\(a.tenant.slug)", nil),
-        ]
-        var unauthorized: [(String, HTTPResponse)] = []
-        for (name, client, method, path, body) in badCredentials {
-            unauthorized.append(("\(name) \(method) \(path)", try await client.send(method, path, body: body)))
-            probes += 1
-        }
-        tally.check(try await anonymous.send("GET", "/healthz").status == 200, "no token GET /healthz")
-        let first = unauthorized[0].1
-        tally.check(first.status == 401 && first.isProblem && first.header("www-authenticate") == "Bearer",
-                    "\(unauthorized[0].0): \(first.status) \(first.text)")
-        for (what, r) in unauthorized.dropFirst() {
-            let d = r.exactDifference(from: first)
-            tally.check(d == nil, "\(what): answers unlike \(unauthorized[0].0): \(d ?? "")")
-        }
+            // Bad credentials last, five of them: the back-off answers a peer's first five failed
+            // authentications at once and delays the ones after (any 401, with a token or without).
+            let a = w.core(.a)
+            let anonymous = h.client(nil)
+            let badCredentials: [(String, VaultHTTPClient, String, String, [UInt8]?)] = [
+                ("a malformed token", h.client(Array("not-a-shredvault-token".utf8)), "GET", "/v1/records/\(a.records[0])", nil),
+                ("A's revoked admin token", h.client(w.revokedAdminToken), "DELETE", "/v1/holds/\(a.hold)", nil),
+                ("an offboarded tenant's admin token", h.client(w.offboardedAdminToken), "DELETE", "/v1/records/\(a.records[1])", nil),
+                ("no token", anonymous, "POST", "/v1/subjects/erase", json(["subject": a.subject])),
+                ("no token", anonymous, "DELETE", "/v1/admin/tenants/\(a.tenant.slug)", nil),
+            ]
+            var unauthorized: [(String, HTTPResponse)] = []
+            for (name, client, method, path, body) in badCredentials {
+                unauthorized.append(("\(name) \(method) \(path)", try await client.send(method, path, body: body)))
+                probes += 1
+            }
+            tally.check(try await anonymous.send("GET", "/healthz").status == 200, "no token GET /healthz")
+            let first = unauthorized[0].1
+            tally.check(first.status == 401 && first.isProblem && first.header("www-authenticate") == "Bearer",
+                        "\(unauthorized[0].0): \(first.status) \(first.text)")
+            for (what, r) in unauthorized.dropFirst() {
+                let d = r.exactDifference(from: first)
+                tally.check(d == nil, "\(what): answers unlike \(unauthorized[0].0): \(d ?? "")")
+            }
 
-        // Nothing of either tenant changed, through the socket and in the vault itself.
-        for (owner, snapshot) in [(AbuseOwner.a, before.a), (.b, before.b)] {
-            try await w.verifyUnchanged(owner, since: snapshot, tally: tally)
-            try await w.verifyInVault(owner, tally: tally)
-        }
+            // Nothing of either tenant changed, through the socket and in the vault itself.
+            for (owner, snapshot) in [(AbuseOwner.a, before.a), (.b, before.b)] {
+                try await w.verifyUnchanged(owner, since: snapshot, tally: tally)
+                try await w.verifyInVault(owner, tally: tally)
+            }
 
-        let withIDs = AbuseRules.variants.filter { $0.ids != nil }.count
-        print("isolation matrix size: \(served.count) routes, \(AbuseRules.variants.count) request shapes (\(withIDs) naming ids: A's, B's, unknown) × \(creds.count) valid credentials (A agent, A admin, B agent, B admin, operator), then \(badCredentials.count) bad credentials: \(probes) requests")
+            let withIDs = AbuseRules.variants.filter { $0.ids != nil }.count
+            print("isolation matrix size: \(served.count) routes, \(AbuseRules.variants.count) request shapes (\(withIDs) naming ids: A's, B's, unknown) × \(creds.count) valid credentials (A agent, A admin, B agent, B admin, operator), then \(badCredentials.count) bad credentials: \(probes) requests")
+        }
     }
 
     /// `SHREDVAULT_ABUSE_BAD_TOKENS=all`: every route without a token, with a malformed token,
@@ -166,31 +166,31 @@ import VaultServer
     /// the code path is the same by construction (every look-up is under the caller's tenant
     /// number, and both miss).
     @Test(.timeLimit(.minutes(3))) func unknownAndOtherTenantsIdsTakeTheSameTime() async throws {
-        let h = try await ServerHarness.start()
-        defer { Task { await h.stop() } }
-        let a = try await h.abuseTenant("acme")
-        let b = try await h.abuseTenant("globex")
-        var theirs: [String] = []
-        for i in 0..<16 {
-            let r = try await a.agent.send("POST", "/v1/records", body: json(["subject": "cust-\(i % 4)", "category": "personal",
-                                                                            "channel": "email", "data": ["i": i]]))
-            theirs.append(try r.object()["id"] as! String)
-        }
-        // Unknown ids with the same time prefix as A's: they sort next to them in every index.
-        let unknown = theirs.map(UnknownID.sibling(of:))
-        let rounds = Int(ProcessInfo.processInfo.environment["SHREDVAULT_ABUSE_TIMING_ROUNDS"] ?? "") ?? 400
-        for (method, client) in [("GET", b.agent), ("DELETE", b.admin)] {
-            var result = try await Self.compareLatency(client: client, method: method, theirs: theirs, unknown: unknown, rounds: rounds)
-            print("timing \(result)")
-            if !result.indistinguishable {
-                // One more measurement before failing: a real difference shows twice.
-                result = try await Self.compareLatency(client: client, method: method, theirs: theirs, unknown: unknown, rounds: rounds)
-                print("timing (again) \(result)")
+        try await ServerHarness.with { (h: ServerHarness) async throws in
+            let a = try await h.abuseTenant("acme")
+            let b = try await h.abuseTenant("globex")
+            var theirs: [String] = []
+            for i in 0..<16 {
+                let r = try await a.agent.send("POST", "/v1/records", body: json(["subject": "cust-\(i % 4)", "category": "personal",
+                                                                                "channel": "email", "data": ["i": i]]))
+                theirs.append(try r.object()["id"] as! String)
             }
-            #expect(result.indistinguishable, "\(result)")
+            // Unknown ids with the same time prefix as A's: they sort next to them in every index.
+            let unknown = theirs.map(UnknownID.sibling(of:))
+            let rounds = Int(ProcessInfo.processInfo.environment["SHREDVAULT_ABUSE_TIMING_ROUNDS"] ?? "") ?? 400
+            for (method, client) in [("GET", b.agent), ("DELETE", b.admin)] {
+                var result = try await Self.compareLatency(client: client, method: method, theirs: theirs, unknown: unknown, rounds: rounds)
+                print("timing \(result)")
+                if !result.indistinguishable {
+                    // One more measurement before failing: a real difference shows twice.
+                    result = try await Self.compareLatency(client: client, method: method, theirs: theirs, unknown: unknown, rounds: rounds)
+                    print("timing (again) \(result)")
+                }
+                #expect(result.indistinguishable, "\(result)")
+            }
+            // A's records are all still there.
+            for id in theirs { #expect(try await a.agent.send("GET", "/v1/records/\(id)").status == 200) }
         }
-        // A's records are all still there.
-        for id in theirs { #expect(try await a.agent.send("GET", "/v1/records/\(id)").status == 200) }
     }
 
     static func compareLatency(client: VaultHTTPClient, method: String, theirs: [String], unknown: [String],
@@ -222,28 +222,28 @@ import VaultServer
     /// no request of it meets the daemon's back-off. Holds for the keyed-hash dictionary and
     /// for a constant-time comparison alike: only keyed hashes are ever compared.
     @Test(.timeLimit(.minutes(2))) func tokenCheckTimeDoesNotDependOnTheGuess() async throws {
-        let h = try await ServerHarness.start()
-        defer { Task { await h.stop() } }
-        let a = try await h.abuseTenant("acme")
-        let live = a.agentToken
-        var near = live
-        near[46] = near[46] == UInt8(ascii: "A") ? UInt8(ascii: "B") : UInt8(ascii: "A")
-        var far = live
-        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
-        for i in 4..<47 { repeat { far[i] = alphabet.randomElement()! } while far[i] == live[i] }
-        let vault = h.vault
-        func check(_ t: [UInt8]) -> TokenInfo? { t.withUnsafeBytes { vault.authenticate(token: $0) } }
-        #expect(check(live)?.id == a.agentTokenID)
-        #expect(check(near) == nil)
-        #expect(check(far) == nil)
+        try await ServerHarness.with { (h: ServerHarness) async throws in
+            let a = try await h.abuseTenant("acme")
+            let live = a.agentToken
+            var near = live
+            near[46] = near[46] == UInt8(ascii: "A") ? UInt8(ascii: "B") : UInt8(ascii: "A")
+            var far = live
+            let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
+            for i in 4..<47 { repeat { far[i] = alphabet.randomElement()! } while far[i] == live[i] }
+            let vault = h.vault
+            func check(_ t: [UInt8]) -> TokenInfo? { t.withUnsafeBytes { vault.authenticate(token: $0) } }
+            #expect(check(live)?.id == a.agentTokenID)
+            #expect(check(near) == nil)
+            #expect(check(far) == nil)
 
-        var result = Self.compareTokenChecks(vault: vault, near: near, far: far, live: live)
-        print("timing \(result.comparison); live token median \(String(format: "%.1f", result.live)) ns/call")
-        if !result.comparison.indistinguishable {
-            result = Self.compareTokenChecks(vault: vault, near: near, far: far, live: live)
-            print("timing (again) \(result.comparison); live token median \(String(format: "%.1f", result.live)) ns/call")
+            var result = Self.compareTokenChecks(vault: vault, near: near, far: far, live: live)
+            print("timing \(result.comparison); live token median \(String(format: "%.1f", result.live)) ns/call")
+            if !result.comparison.indistinguishable {
+                result = Self.compareTokenChecks(vault: vault, near: near, far: far, live: live)
+                print("timing (again) \(result.comparison); live token median \(String(format: "%.1f", result.live)) ns/call")
+            }
+            #expect(result.comparison.indistinguishable, "\(result.comparison)")
         }
-        #expect(result.comparison.indistinguishable, "\(result.comparison)")
     }
 
     /// Nanoseconds per `authenticate` call, over batches of 200 calls, the three tokens in
@@ -283,61 +283,61 @@ import VaultServer
     /// A tenant's view is now numbered in its own sequence, without `prev`: B's entries are
     /// 1, 2, 3... whatever A does, and nothing B is shown is a hash of A's entries.
     @Test func auditSequenceNumbersDoNotShowOtherTenantsActivity() async throws {
-        let h = try await ServerHarness.start()
-        defer { Task { await h.stop() } }
-        let a = try await h.abuseTenant("acme")
-        let b = try await h.abuseTenant("globex")
-        let record = json(["subject": "cust-1", "category": "personal", "channel": "email", "data": [:] as [String: Any]])
-        func write(_ t: AbuseTenant) async throws -> String {
-            try await t.agent.send("POST", "/v1/records", body: record).expect(201).object()["id"] as! String
-        }
-        func page(_ t: AbuseTenant, after: Int = 0) async throws -> [[String: Any]] {
-            let page = try await t.admin.send("GET", "/v1/audit?after=\(after)&limit=1000").expect(200).object()
-            return try #require(page["entries"] as? [[String: Any]])
-        }
-        let before = try await page(b)
-        var mine = [try await write(b)]
-        for _ in 0..<5 { _ = try await write(a) }
-        mine.append(try await write(b))
-        _ = try await a.agent.send("GET", "/v1/records/\(mine[0])")       // A's failed probe of B's id
-        let erased = try await b.admin.send("POST", "/v1/subjects/erase", body: json(["subject": "nobody", "reference": "t-1"]))
-        let receipt = try #require(try erased.expect(200).object()["receipt"] as? [String: Any])
-        for _ in 0..<3 { _ = try await write(a) }
-        mine.append(try await write(b))
+        try await ServerHarness.with { (h: ServerHarness) async throws in
+            let a = try await h.abuseTenant("acme")
+            let b = try await h.abuseTenant("globex")
+            let record = json(["subject": "cust-1", "category": "personal", "channel": "email", "data": [:] as [String: Any]])
+            func write(_ t: AbuseTenant) async throws -> String {
+                try await t.agent.send("POST", "/v1/records", body: record).expect(201).object()["id"] as! String
+            }
+            func page(_ t: AbuseTenant, after: Int = 0) async throws -> [[String: Any]] {
+                let page = try await t.admin.send("GET", "/v1/audit?after=\(after)&limit=1000").expect(200).object()
+                return try #require(page["entries"] as? [[String: Any]])
+            }
+            let before = try await page(b)
+            var mine = [try await write(b)]
+            for _ in 0..<5 { _ = try await write(a) }
+            mine.append(try await write(b))
+            _ = try await a.agent.send("GET", "/v1/records/\(mine[0])")       // A's failed probe of B's id
+            let erased = try await b.admin.send("POST", "/v1/subjects/erase", body: json(["subject": "nobody", "reference": "t-1"]))
+            let receipt = try #require(try erased.expect(200).object()["receipt"] as? [String: Any])
+            for _ in 0..<3 { _ = try await write(a) }
+            mine.append(try await write(b))
 
-        let entries = try await page(b)
-        // B's entries are numbered 1, 2, 3... in B's own sequence, without gaps or prev.
-        #expect(entries.map { $0["seq"] as? Int } == Array(1...entries.count))
-        #expect(entries.count == before.count + 4)
-        #expect(entries.allSatisfy { $0["prev"] == nil && $0["tenant"] as? String == b.slug })
-        let writes = mine.map { id in entries.first { $0["target"] as? String == "record:\(id)" } }
-        let seqs = try writes.map { try #require($0?["seq"] as? Int) }
-        #expect(seqs == [before.count + 1, before.count + 2, before.count + 4], "A's writes show in B's numbering")
-        // The receipt names B's own entry, in B's numbering.
-        let erasure = try #require(entries.first { $0["action"] as? String == "subject.erase" })
-        #expect(receipt["audit_seq"] as? Int == before.count + 3)
-        #expect(erasure["seq"] as? Int == receipt["audit_seq"] as? Int)
-        #expect(erasure["hash"] as? String == receipt["audit_hash"] as? String)
-        // Paging counts in B's numbering too.
-        #expect(try await page(b, after: seqs[0]).first?["seq"] as? Int == seqs[0] + 1)
-        #expect(try await page(b, after: entries.count).isEmpty)
+            let entries = try await page(b)
+            // B's entries are numbered 1, 2, 3... in B's own sequence, without gaps or prev.
+            #expect(entries.map { $0["seq"] as? Int } == Array(1...entries.count))
+            #expect(entries.count == before.count + 4)
+            #expect(entries.allSatisfy { $0["prev"] == nil && $0["tenant"] as? String == b.slug })
+            let writes = mine.map { id in entries.first { $0["target"] as? String == "record:\(id)" } }
+            let seqs = try writes.map { try #require($0?["seq"] as? Int) }
+            #expect(seqs == [before.count + 1, before.count + 2, before.count + 4], "A's writes show in B's numbering")
+            // The receipt names B's own entry, in B's numbering.
+            let erasure = try #require(entries.first { $0["action"] as? String == "subject.erase" })
+            #expect(receipt["audit_seq"] as? Int == before.count + 3)
+            #expect(erasure["seq"] as? Int == receipt["audit_seq"] as? Int)
+            #expect(erasure["hash"] as? String == receipt["audit_hash"] as? String)
+            // Paging counts in B's numbering too.
+            #expect(try await page(b, after: seqs[0]).first?["seq"] as? Int == seqs[0] + 1)
+            #expect(try await page(b, after: entries.count).isEmpty)
 
-        // No value B is shown is a hash of one of A's entries (the chain's, from the operator's view).
-        let chain = try await h.operatorClient.send("GET", "/v1/admin/audit?limit=1000").expect(200).object()
-        let chainEntries = try #require(chain["entries"] as? [[String: Any]])
-        let aHashes = Set(chainEntries.filter { $0["tenant"] as? String != b.slug }.compactMap { $0["hash"] as? String })
-        #expect(aHashes.count == chainEntries.count - entries.count)
-        let shown = entries.flatMap { $0.values.compactMap { $0 as? String } } + receipt.values.compactMap { $0 as? String }
-        #expect(shown.allSatisfy { !aHashes.contains($0) }, "B is shown the hash of another tenant's entry")
-        // The chain itself is unchanged: the operator's view has every entry, with prev, in order.
-        #expect(chainEntries.map { $0["seq"] as? Int } == Array(1...chainEntries.count))
-        for (previous, entry) in zip(chainEntries, chainEntries.dropFirst()) {
-            #expect(entry["prev"] as? String == previous["hash"] as? String)
+            // No value B is shown is a hash of one of A's entries (the chain's, from the operator's view).
+            let chain = try await h.operatorClient.send("GET", "/v1/admin/audit?limit=1000").expect(200).object()
+            let chainEntries = try #require(chain["entries"] as? [[String: Any]])
+            let aHashes = Set(chainEntries.filter { $0["tenant"] as? String != b.slug }.compactMap { $0["hash"] as? String })
+            #expect(aHashes.count == chainEntries.count - entries.count)
+            let shown = entries.flatMap { $0.values.compactMap { $0 as? String } } + receipt.values.compactMap { $0 as? String }
+            #expect(shown.allSatisfy { !aHashes.contains($0) }, "B is shown the hash of another tenant's entry")
+            // The chain itself is unchanged: the operator's view has every entry, with prev, in order.
+            #expect(chainEntries.map { $0["seq"] as? Int } == Array(1...chainEntries.count))
+            for (previous, entry) in zip(chainEntries, chainEntries.dropFirst()) {
+                #expect(entry["prev"] as? String == previous["hash"] as? String)
+            }
+            // B's hashes are the chain's entries of B, in the same order.
+            #expect(entries.compactMap { $0["hash"] as? String }
+                    == chainEntries.filter { $0["tenant"] as? String == b.slug }.compactMap { $0["hash"] as? String })
+            #expect(try await h.operatorClient.send("GET", "/v1/admin/audit/verify").expect(200).object()["intact"] as? Bool == true)
         }
-        // B's hashes are the chain's entries of B, in the same order.
-        #expect(entries.compactMap { $0["hash"] as? String }
-                == chainEntries.filter { $0["tenant"] as? String == b.slug }.compactMap { $0["hash"] as? String })
-        #expect(try await h.operatorClient.send("GET", "/v1/admin/audit/verify").expect(200).object()["intact"] as? Bool == true)
     }
 }
 

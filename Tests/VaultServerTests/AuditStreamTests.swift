@@ -108,141 +108,141 @@ import Glibc
     }
 
     @Test(.timeLimit(.minutes(2))) func backlogThenLiveEntriesInOrderResumedAndIsolated() async throws {
-        let h = try await ServerHarness.start()
-        defer { Task { await h.stop() } }
-        let acme = try await h.tenant("acme")
-        let globex = try await h.tenant("globex")
-        try await Self.write(acme.agent, 3)
-        try await Self.write(globex.agent, 3)
+        try await ServerHarness.with { (h: ServerHarness) async throws in
+            let acme = try await h.tenant("acme")
+            let globex = try await h.tenant("globex")
+            try await Self.write(acme.agent, 3)
+            try await Self.write(globex.agent, 3)
 
-        // The backlog: exactly the tenant's page, in its numbering.
-        let backlog = try await Self.page(acme.admin, "/v1/audit?after=0&limit=1000")
-        #expect(backlog.count == 6, "tenant creation, two tokens, three writes")
-        let stream = try await Self.open(acme.admin, "/v1/audit/stream")
-        #expect(stream.stream.status == 200)
-        #expect(stream.stream.header("content-type") == "application/x-ndjson")
-        #expect(Self.same(try await stream.lines(6), backlog))
+            // The backlog: exactly the tenant's page, in its numbering.
+            let backlog = try await Self.page(acme.admin, "/v1/audit?after=0&limit=1000")
+            #expect(backlog.count == 6, "tenant creation, two tokens, three writes")
+            let stream = try await Self.open(acme.admin, "/v1/audit/stream")
+            #expect(stream.stream.status == 200)
+            #expect(stream.stream.header("content-type") == "application/x-ndjson")
+            #expect(Self.same(try await stream.lines(6), backlog))
 
-        // Live: another tenant's writes show nothing here; the tenant's own arrive in order.
-        let globexStream = try await Self.open(globex.admin, "/v1/audit/stream?after=6")
-        try await Self.write(globex.agent, 2)
-        try await Self.write(acme.agent, 2)
-        let live = try await stream.lines(2)
-        #expect(live.map { $0["seq"] as? Int } == [7, 8])
-        #expect(live.allSatisfy { $0["tenant"] as? String == "acme" })
-        #expect(Self.same(live, try await Self.page(acme.admin, "/v1/audit?after=6")))
-        let theirs = try await globexStream.lines(2)
-        #expect(theirs.map { $0["seq"] as? Int } == [7, 8] && theirs.allSatisfy { $0["tenant"] as? String == "globex" })
-        // A read is audited too (one more entry each), and still nothing of the other's.
-        _ = try await globex.agent.send("GET", "/v1/records/01KZZZZZZZZZZZZZZZZZZZZZZZ")
-        _ = try await acme.agent.send("GET", "/v1/records/01KZZZZZZZZZZZZZZZZZZZZZZZ")
-        let next = try await stream.lines(1)
-        #expect(next.first?["seq"] as? Int == 9 && next.first?["tenant"] as? String == "acme")
+            // Live: another tenant's writes show nothing here; the tenant's own arrive in order.
+            let globexStream = try await Self.open(globex.admin, "/v1/audit/stream?after=6")
+            try await Self.write(globex.agent, 2)
+            try await Self.write(acme.agent, 2)
+            let live = try await stream.lines(2)
+            #expect(live.map { $0["seq"] as? Int } == [7, 8])
+            #expect(live.allSatisfy { $0["tenant"] as? String == "acme" })
+            #expect(Self.same(live, try await Self.page(acme.admin, "/v1/audit?after=6")))
+            let theirs = try await globexStream.lines(2)
+            #expect(theirs.map { $0["seq"] as? Int } == [7, 8] && theirs.allSatisfy { $0["tenant"] as? String == "globex" })
+            // A read is audited too (one more entry each), and still nothing of the other's.
+            _ = try await globex.agent.send("GET", "/v1/records/01KZZZZZZZZZZZZZZZZZZZZZZZ")
+            _ = try await acme.agent.send("GET", "/v1/records/01KZZZZZZZZZZZZZZZZZZZZZZZ")
+            let next = try await stream.lines(1)
+            #expect(next.first?["seq"] as? Int == 9 && next.first?["tenant"] as? String == "acme")
 
-        // Resuming after N gives N+1 on, exactly.
-        let resumed = try await Self.open(acme.admin, "/v1/audit/stream?after=3")
-        #expect(Self.same(try await resumed.lines(6), try await Self.page(acme.admin, "/v1/audit?after=3")))
-        resumed.stream.close()
+            // Resuming after N gives N+1 on, exactly.
+            let resumed = try await Self.open(acme.admin, "/v1/audit/stream?after=3")
+            #expect(Self.same(try await resumed.lines(6), try await Self.page(acme.admin, "/v1/audit?after=3")))
+            resumed.stream.close()
 
-        // The operator's stream is the operator's page, then what follows.
-        let chain = try await Self.page(h.operatorClient, "/v1/admin/audit?after=0&limit=1000")
-        let from = try #require(chain.dropLast(2).last?["seq"] as? Int)
-        let op = try await Self.open(h.operatorClient, "/v1/audit/stream?after=\(from)")
-        #expect(Self.same(try await op.lines(2), Array(chain.suffix(2))))
-        try await Self.write(globex.agent, 1)
-        let opLive = try await op.lines(1)
-        #expect(opLive.first?["seq"] as? Int == from + 3 && opLive.first?["tenant"] as? String == "globex")
-        #expect(opLive.first?["prev"] is String && opLive.first?["target"] is NSNull)
-        for r in [stream, globexStream, op] { r.stream.close() }
+            // The operator's stream is the operator's page, then what follows.
+            let chain = try await Self.page(h.operatorClient, "/v1/admin/audit?after=0&limit=1000")
+            let from = try #require(chain.dropLast(2).last?["seq"] as? Int)
+            let op = try await Self.open(h.operatorClient, "/v1/audit/stream?after=\(from)")
+            #expect(Self.same(try await op.lines(2), Array(chain.suffix(2))))
+            try await Self.write(globex.agent, 1)
+            let opLive = try await op.lines(1)
+            #expect(opLive.first?["seq"] as? Int == from + 3 && opLive.first?["tenant"] as? String == "globex")
+            #expect(opLive.first?["prev"] is String && opLive.first?["target"] is NSNull)
+            for r in [stream, globexStream, op] { r.stream.close() }
+        }
     }
 
     @Test func refusalsAreProblemsAsOnTheOtherAuditRoutes() async throws {
-        let h = try await ServerHarness.start()
-        defer { Task { await h.stop() } }
-        let acme = try await h.tenant("acme")
-        let agent = try await acme.agent.send("GET", "/v1/audit/stream")
-        #expect(agent.status == 403 && agent.isProblem)
-        #expect(try await h.client(nil).send("GET", "/v1/audit/stream").status == 401)
-        for bad in ["x", "-1", "1e3", "9223372036854775808", "18446744073709551616", ""] {
-            for client in [acme.admin, h.operatorClient] {
-                let r = try await client.send("GET", "/v1/audit/stream?after=\(bad)")
-                #expect(r.status == 400 && r.isProblem, "after=\(bad): \(r.status) \(r.text)")
+        try await ServerHarness.with { (h: ServerHarness) async throws in
+            let acme = try await h.tenant("acme")
+            let agent = try await acme.agent.send("GET", "/v1/audit/stream")
+            #expect(agent.status == 403 && agent.isProblem)
+            #expect(try await h.client(nil).send("GET", "/v1/audit/stream").status == 401)
+            for bad in ["x", "-1", "1e3", "9223372036854775808", "18446744073709551616", ""] {
+                for client in [acme.admin, h.operatorClient] {
+                    let r = try await client.send("GET", "/v1/audit/stream?after=\(bad)")
+                    #expect(r.status == 400 && r.isProblem, "after=\(bad): \(r.status) \(r.text)")
+                }
             }
+            // At the cap, an empty stream opens (and sends nothing yet).
+            let atCap = try await Self.open(acme.admin, "/v1/audit/stream?after=9223372036854775807")
+            #expect(atCap.stream.status == 200)
+            atCap.stream.close()
         }
-        // At the cap, an empty stream opens (and sends nothing yet).
-        let atCap = try await Self.open(acme.admin, "/v1/audit/stream?after=9223372036854775807")
-        #expect(atCap.stream.status == 200)
-        atCap.stream.close()
     }
 
     @Test(.timeLimit(.minutes(1))) func pastTheCapIs503AndAClosedStreamFreesItsPlace() async throws {
-        let h = try await ServerHarness.start(configure: { $0.maxAuditStreams = 2 })
-        defer { Task { await h.stop() } }
-        let acme = try await h.tenant("acme")
-        let a = try await Self.open(acme.admin, "/v1/audit/stream")
-        let b = try await Self.open(h.operatorClient, "/v1/audit/stream")
-        #expect(a.stream.status == 200 && b.stream.status == 200)
-        let refused = try await Self.open(acme.admin, "/v1/audit/stream")
-        #expect(refused.stream.status == 503 && refused.stream.header("retry-after") == "5")
-        let problem = try JSONSerialization.jsonObject(with: Data(try await refused.rest())) as? [String: Any]
-        #expect(problem?["type"] as? String == "/problems/unavailable")
-        // Nothing is written to a's tenant meanwhile: the daemon notices the close itself.
-        a.stream.close()
-        var reopened: Reader?
-        for _ in 0..<100 {
-            let s = try await Self.open(acme.admin, "/v1/audit/stream")
-            if s.stream.status == 200 { reopened = s; break }
-            try await Task.sleep(for: .milliseconds(50))
+        try await ServerHarness.with(configure: { $0.maxAuditStreams = 2 }) { (h: ServerHarness) async throws in
+            let acme = try await h.tenant("acme")
+            let a = try await Self.open(acme.admin, "/v1/audit/stream")
+            let b = try await Self.open(h.operatorClient, "/v1/audit/stream")
+            #expect(a.stream.status == 200 && b.stream.status == 200)
+            let refused = try await Self.open(acme.admin, "/v1/audit/stream")
+            #expect(refused.stream.status == 503 && refused.stream.header("retry-after") == "5")
+            let problem = try JSONSerialization.jsonObject(with: Data(try await refused.rest())) as? [String: Any]
+            #expect(problem?["type"] as? String == "/problems/unavailable")
+            // Nothing is written to a's tenant meanwhile: the daemon notices the close itself.
+            a.stream.close()
+            var reopened: Reader?
+            for _ in 0..<100 {
+                let s = try await Self.open(acme.admin, "/v1/audit/stream")
+                if s.stream.status == 200 { reopened = s; break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(reopened != nil, "the closed stream's place was not freed")
+            reopened?.stream.close()
+            b.stream.close()
         }
-        #expect(reopened != nil, "the closed stream's place was not freed")
-        reopened?.stream.close()
-        b.stream.close()
     }
 
     @Test(.timeLimit(.minutes(1))) func aRevokedTokensStreamEndsAtTheNextCommit() async throws {
-        let h = try await ServerHarness.start()
-        defer { Task { await h.stop() } }
-        let acme = try await h.tenant("acme")
-        let issued = try await h.operatorClient.send("POST", "/v1/admin/tokens",
-                                                     body: json(["tenant": "acme", "role": "admin", "name": "soc"])).object()
-        let soc = h.client(Array(try #require(issued["token"] as? String).utf8))
-        let stream = try await Self.open(soc, "/v1/audit/stream")
-        #expect(try await stream.lines(4).count == 4)
-        let id = try #require(issued["id"] as? String)
-        #expect(try await h.operatorClient.send("DELETE", "/v1/admin/tokens/\(id)").status == 204)
-        try await Self.write(acme.agent, 1)
-        // The revocation's own entry may still go out; then the stream ends, cleanly.
-        guard case .success(let more) = await stream.end(within: 20) else {
-            Issue.record("the stream did not end cleanly")
-            return
+        try await ServerHarness.with { (h: ServerHarness) async throws in
+            let acme = try await h.tenant("acme")
+            let issued = try await h.operatorClient.send("POST", "/v1/admin/tokens",
+                                                         body: json(["tenant": "acme", "role": "admin", "name": "soc"])).object()
+            let soc = h.client(Array(try #require(issued["token"] as? String).utf8))
+            let stream = try await Self.open(soc, "/v1/audit/stream")
+            #expect(try await stream.lines(4).count == 4)
+            let id = try #require(issued["id"] as? String)
+            #expect(try await h.operatorClient.send("DELETE", "/v1/admin/tokens/\(id)").status == 204)
+            try await Self.write(acme.agent, 1)
+            // The revocation's own entry may still go out; then the stream ends, cleanly.
+            guard case .success(let more) = await stream.end(within: 20) else {
+                Issue.record("the stream did not end cleanly")
+                return
+            }
+            #expect(more <= 1)
+            #expect(try await soc.send("GET", "/v1/audit/stream").status == 401)
         }
-        #expect(more <= 1)
-        #expect(try await soc.send("GET", "/v1/audit/stream").status == 401)
     }
 
     @Test(.timeLimit(.minutes(2))) func aReaderThatStopsReadingNeitherStallsTheVaultNorLosesEntries() async throws {
-        let h = try await ServerHarness.start()
-        defer { Task { await h.stop() } }
-        let acme = try await h.tenant("acme")
-        let chain = try await Self.page(h.operatorClient, "/v1/admin/audit?after=0&limit=1000")
-        let start = try #require(chain.last?["seq"] as? Int)
-        // Opened, then not read while ~3,000 entries (about 1 MB of lines, more than the
-        // socket buffers hold) are written: the daemon goes on answering everyone else.
-        let stalled = try await Self.open(h.operatorClient, "/v1/audit/stream?after=\(start)")
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for _ in 0..<4 {
-                let client = h.client(acme.agentToken)
-                group.addTask {
-                    for _ in 0..<750 { _ = try await client.send("GET", "/v1/records/01KZZZZZZZZZZZZZZZZZZZZZZZ") }
+        try await ServerHarness.with { (h: ServerHarness) async throws in
+            let acme = try await h.tenant("acme")
+            let chain = try await Self.page(h.operatorClient, "/v1/admin/audit?after=0&limit=1000")
+            let start = try #require(chain.last?["seq"] as? Int)
+            // Opened, then not read while ~3,000 entries (about 1 MB of lines, more than the
+            // socket buffers hold) are written: the daemon goes on answering everyone else.
+            let stalled = try await Self.open(h.operatorClient, "/v1/audit/stream?after=\(start)")
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<4 {
+                    let client = h.client(acme.agentToken)
+                    group.addTask {
+                        for _ in 0..<750 { _ = try await client.send("GET", "/v1/records/01KZZZZZZZZZZZZZZZZZZZZZZZ") }
+                    }
                 }
+                try await group.waitForAll()
             }
-            try await group.waitForAll()
+            #expect(try await h.client(nil).send("GET", "/healthz").status == 200)
+            // Then everything arrives, in order, past several pages.
+            let lines = try await stalled.lines(3000, within: 60)
+            #expect(lines.map { $0["seq"] as? Int } == Array((start + 1)...(start + 3000)).map { Optional($0) })
+            stalled.stream.close()
         }
-        #expect(try await h.client(nil).send("GET", "/healthz").status == 200)
-        // Then everything arrives, in order, past several pages.
-        let lines = try await stalled.lines(3000, within: 60)
-        #expect(lines.map { $0["seq"] as? Int } == Array((start + 1)...(start + 3000)).map { Optional($0) })
-        stalled.stream.close()
     }
 
     // MARK: The real daemon

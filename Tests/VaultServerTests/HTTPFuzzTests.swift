@@ -47,80 +47,80 @@ import Glibc
         serverLogger.logLevel = ProcessInfo.processInfo.environment["SHREDVAULT_FUZZ_TRACE"] != nil ? .trace : .error
         // The per-peer back-off for bad tokens is off: every request here comes from this one
         // process, and bad tokens are a tenth of them (the back-off has tests of its own).
-        let h = try await ServerHarness.start(configure: { $0.authBackoff = nil }, logger: serverLogger)
-        defer { Task { await h.stop() } }
-        let setup = try await FuzzSetup.make(h, seed: seed)
-        let started = ContinuousClock.now
-        let targets = setup.targets
-        let report = await fuzzOffPool {
-            var fuzzer = HTTPFuzzer(targets: targets, seed: seed)
-            return fuzzer.run(count: iterations)
-        }
-        let seconds = Double((ContinuousClock.now - started).components.seconds)
+        try await ServerHarness.with(configure: { $0.authBackoff = nil }, logger: serverLogger) { (h: ServerHarness) async throws in
+            let setup = try await FuzzSetup.make(h, seed: seed)
+            let started = ContinuousClock.now
+            let targets = setup.targets
+            let report = await fuzzOffPool {
+                var fuzzer = HTTPFuzzer(targets: targets, seed: seed)
+                return fuzzer.run(count: iterations)
+            }
+            let seconds = Double((ContinuousClock.now - started).components.seconds)
 
-        // The daemon is well, the protected tenant's records are untouched, the chain verifies.
-        let health = try await h.client(nil).send("GET", "/healthz")
-        #expect(health.status == 200, "healthz after the run")
-        #expect(try health.object()["status"] as? String == "ok")
-        for (id, before) in setup.keepBodies {
-            let after = try await setup.keepClient.send("GET", "/v1/records/\(id)")
-            #expect(after.status == 200, "protected record \(id) after the run: \(after.status)")
-            #expect(after.body == before, "protected record \(id) changed")
-        }
-        let verify = try await h.operatorClient.send("GET", "/v1/admin/audit/verify")
-        #expect(verify.status == 200)
-        #expect(try verify.object()["intact"] as? Bool == true, "audit chain after the run: \(verify.text)")
+            // The daemon is well, the protected tenant's records are untouched, the chain verifies.
+            let health = try await h.client(nil).send("GET", "/healthz")
+            #expect(health.status == 200, "healthz after the run")
+            #expect(try health.object()["status"] as? String == "ok")
+            for (id, before) in setup.keepBodies {
+                let after = try await setup.keepClient.send("GET", "/v1/records/\(id)")
+                #expect(after.status == 200, "protected record \(id) after the run: \(after.status)")
+                #expect(after.body == before, "protected record \(id) changed")
+            }
+            let verify = try await h.operatorClient.send("GET", "/v1/admin/audit/verify")
+            #expect(verify.status == 200)
+            #expect(try verify.object()["intact"] as? Bool == true, "audit chain after the run: \(verify.text)")
 
-        for failure in report.failures.prefix(20) { Issue.record(Comment(rawValue: failure)) }
-        // Once a known issue (fixed by FlushBeforeCloseHandler): a half-closed client got large
-        // answers cut short.
-        for k in report.knownIssues.prefix(5) { Issue.record(Comment(rawValue: "answer cut for a half-closed client: " + k)) }
-        say("http fuzz: \(report.summary) in \(Int(seconds)) s")
-        for label in report.unanswered { say("http fuzz: closed without an answer: \(label)") }
-        for (took, label) in report.slow.sorted(by: { $0.0 > $1.0 }).prefix(3) { say("http fuzz: slow \(took): \(label.prefix(260))") }
-        say("http fuzz: \(report.passed) passed, \(report.failed) failed")
-        #expect(report.failed == 0, "replay with SHREDVAULT_FUZZ_SEED=\(seed) SHREDVAULT_FUZZ_ITERATIONS=\(iterations)")
+            for failure in report.failures.prefix(20) { Issue.record(Comment(rawValue: failure)) }
+            // Once a known issue (fixed by FlushBeforeCloseHandler): a half-closed client got large
+            // answers cut short.
+            for k in report.knownIssues.prefix(5) { Issue.record(Comment(rawValue: "answer cut for a half-closed client: " + k)) }
+            say("http fuzz: \(report.summary) in \(Int(seconds)) s")
+            for label in report.unanswered { say("http fuzz: closed without an answer: \(label)") }
+            for (took, label) in report.slow.sorted(by: { $0.0 > $1.0 }).prefix(3) { say("http fuzz: slow \(took): \(label.prefix(260))") }
+            say("http fuzz: \(report.passed) passed, \(report.failed) failed")
+            #expect(report.failed == 0, "replay with SHREDVAULT_FUZZ_SEED=\(seed) SHREDVAULT_FUZZ_ITERATIONS=\(iterations)")
+        }
     }
 }
 
 /// What the fuzzer found, pinned: each request once, with the answer it must get.
 @Suite struct HTTPFuzzRegressionTests {
     @Test func findingsStayFixed() async throws {
-        let h = try await ServerHarness.start(maxBody: 4_096)
-        defer { Task { await h.stop() } }
-        let t = try await h.tenant("acme")
-        let head = Array("POST /v1/records HTTP/1.1\r\nHost: vault\r\nAuthorization: Bearer ".utf8) + t.agentToken + Array("\r\n".utf8)
-        let record = Array(#"{"subject":"cust-0042","category":"personal","channel":"web","data":{"n":1}}"#.utf8)
-        let overLimit = Array(#"{"subject":"cust-0042","category":"personal","channel":"web","data":""#.utf8)
-            + [UInt8](repeating: UInt8(ascii: "x"), count: 5_000) + Array(#""}"#.utf8)
-        func chunk(_ b: [UInt8]) -> [UInt8] { Array(String(b.count, radix: 16).utf8) + [13, 10] + b + [13, 10] }
-        // (name, bytes, whole framing, status wanted)
-        let cases: [(String, [UInt8], Bool, Int)] = [
-            // Was 500: the body reader's HTTPParserError fell through to "internal error".
-            ("bad chunk size", head + Array("Transfer-Encoding: chunked\r\n\r\nzz\r\n".utf8) + record + Array("\r\n0\r\n\r\n".utf8), true, 400),
-            ("chunk size past 64 bits", head + Array("Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n".utf8) + record, false, 400),
-            ("body shorter than Content-Length, then FIN", head + Array("Content-Length: \(record.count + 10)\r\n\r\n".utf8) + record, false, 400),
-            // Was 500: NIOTooManyBytesError (a chunked body has no length to refuse up front).
-            ("chunked body over the limit", head + Array("Transfer-Encoding: chunked\r\n\r\n".utf8)
-                + stride(from: 0, to: overLimit.count, by: 1_000).flatMap { chunk(Array(overLimit[$0..<min($0 + 1_000, overLimit.count)])) }
-                + Array("0\r\n\r\n".utf8), true, 413),
-            ("declared length over the limit", head + Array("Content-Length: \(overLimit.count)\r\n\r\n".utf8) + overLimit, true, 413),
-            // Was an echo: "duplicate key \"cust-0042\"" quoted a subject-like key.
-            ("duplicate subject-like key", head + Array("Content-Length: 48\r\n\r\n".utf8) + Array(#"{"subject":"a","cust-0042":1,"cust-0042":2,"x":1}"#.utf8), true, 400),
-        ]
-        let socket = h.socket
-        let outcomes = await fuzzOffPool { () -> [(String, Int?, [UInt8])] in
-            cases.map { (name, bytes, whole, _) in
-                let ex = Exchange(requests: [WireRequest(bytes: bytes, method: "POST", label: name, complete: whole)])
-                let out = RawExchange.run(ex, socket: socket)
-                return (name, out.responses.first?.status, out.responses.first?.raw ?? [])
+        try await ServerHarness.with(maxBody: 4_096) { (h: ServerHarness) async throws in
+            let t = try await h.tenant("acme")
+            let head = Array("POST /v1/records HTTP/1.1\r\nHost: vault\r\nAuthorization: Bearer ".utf8) + t.agentToken + Array("\r\n".utf8)
+            let record = Array(#"{"subject":"cust-0042","category":"personal","channel":"web","data":{"n":1}}"#.utf8)
+            let overLimit = Array(#"{"subject":"cust-0042","category":"personal","channel":"web","data":""#.utf8)
+                + [UInt8](repeating: UInt8(ascii: "x"), count: 5_000) + Array(#""}"#.utf8)
+            func chunk(_ b: [UInt8]) -> [UInt8] { Array(String(b.count, radix: 16).utf8) + [13, 10] + b + [13, 10] }
+            // (name, bytes, whole framing, status wanted)
+            let cases: [(String, [UInt8], Bool, Int)] = [
+                // Was 500: the body reader's HTTPParserError fell through to "internal error".
+                ("bad chunk size", head + Array("Transfer-Encoding: chunked\r\n\r\nzz\r\n".utf8) + record + Array("\r\n0\r\n\r\n".utf8), true, 400),
+                ("chunk size past 64 bits", head + Array("Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n".utf8) + record, false, 400),
+                ("body shorter than Content-Length, then FIN", head + Array("Content-Length: \(record.count + 10)\r\n\r\n".utf8) + record, false, 400),
+                // Was 500: NIOTooManyBytesError (a chunked body has no length to refuse up front).
+                ("chunked body over the limit", head + Array("Transfer-Encoding: chunked\r\n\r\n".utf8)
+                    + stride(from: 0, to: overLimit.count, by: 1_000).flatMap { chunk(Array(overLimit[$0..<min($0 + 1_000, overLimit.count)])) }
+                    + Array("0\r\n\r\n".utf8), true, 413),
+                ("declared length over the limit", head + Array("Content-Length: \(overLimit.count)\r\n\r\n".utf8) + overLimit, true, 413),
+                // Was an echo: "duplicate key \"cust-0042\"" quoted a subject-like key.
+                ("duplicate subject-like key", head + Array("Content-Length: 48\r\n\r\n".utf8) + Array(#"{"subject":"a","cust-0042":1,"cust-0042":2,"x":1}"#.utf8), true, 400),
+            ]
+            let socket = h.socket
+            let outcomes = await fuzzOffPool { () -> [(String, Int?, [UInt8])] in
+                cases.map { (name, bytes, whole, _) in
+                    let ex = Exchange(requests: [WireRequest(bytes: bytes, method: "POST", label: name, complete: whole)])
+                    let out = RawExchange.run(ex, socket: socket)
+                    return (name, out.responses.first?.status, out.responses.first?.raw ?? [])
+                }
             }
-        }
-        for ((name, status, raw), (_, _, _, wanted)) in zip(outcomes, cases) {
-            #expect(status == wanted, "\(name): \(status.map(String.init) ?? "no answer")")
-            let text = String(decoding: raw, as: UTF8.self)
-            #expect(text.contains("application/problem+json"), "\(name): \(text.prefix(200))")
-            #expect(!text.contains("cust-0042"), "\(name) echoed the subject")
+            for ((name, status, raw), (_, _, _, wanted)) in zip(outcomes, cases) {
+                #expect(status == wanted, "\(name): \(status.map(String.init) ?? "no answer")")
+                let text = String(decoding: raw, as: UTF8.self)
+                #expect(text.contains("application/problem+json"), "\(name): \(text.prefix(200))")
+                #expect(!text.contains("cust-0042"), "\(name) echoed the subject")
+            }
         }
     }
 }
@@ -135,54 +135,54 @@ import Glibc
 /// is already shut, failing the writes still pending (`BaseStreamSocketChannel.close0`).
 @Suite struct HTTPLargeAnswerTests {
     @Test func largeAnswersArriveWhole() async throws {
-        let h = try await ServerHarness.start()
-        defer { Task { await h.stop() } }
-        let t = try await h.tenant("big")
-        let created = try await t.agent.send("POST", "/v1/records", body: json(["subject": "s", "category": "personal", "channel": "web", "data": ["a": 1]]))
-        let id = try #require(try created.object()["id"] as? String)
-        for _ in 0..<1_050 { _ = try await t.agent.send("GET", "/v1/records/\(id)") }
-        let socket = h.socket
-        let token = t.adminToken
-        // (pause before reading in µs, half-close after the request)
-        let cases: [(UInt32, Bool)] = [(0, false), (200_000, false), (1_500_000, false), (500_000, true), (1_500_000, true)]
-        let outcomes = await fuzzOffPool { () -> [(halfClosed: Bool, result: String)] in
-            var results: [(halfClosed: Bool, result: String)] = []
-            for (pause, halfClose) in cases {
-                let request = Array("GET /v1/audit?after=1&limit=1000 HTTP/1.1\r\nHost: vault\r\nAuthorization: Bearer ".utf8) + token + Array("\r\n\r\n".utf8)
-                var failure: String?
-                guard let fd = RawExchange.connectUnix(socket, failure: &failure) else { return [(halfClose, "connect: \(failure ?? "")")] }
-                defer { close(fd) }
-                _ = RawExchange.sendSome(fd, request, from: 0)
-                if halfClose { shutdown(fd, Int32(SHUT_WR)) }
-                usleep(pause)
-                var received: [UInt8] = []
-                var buffer = [UInt8](repeating: 0, count: 65_536)
-                let label = "pause \(pause / 1000) ms" + (halfClose ? ", half-closed" : "")
-                while true {
-                    var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                    guard poll(&pfd, 1, 5_000) > 0 else {
-                        results.append((halfClose, "\(label): timed out after \(received.count) bytes"))
-                        break
-                    }
-                    let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-                    if n <= 0 {
-                        results.append((halfClose, "\(label): closed after \(received.count) bytes"))
-                        break
-                    }
-                    received += buffer[0..<n]
-                    if case .response(let r, _) = RawExchange.parseResponse(received, from: 0, bodiless: nil, atEOF: false) {
-                        results.append((halfClose, "\(label): \(r.status), \(r.body.count) bytes"))
-                        break
+        try await ServerHarness.with { (h: ServerHarness) async throws in
+            let t = try await h.tenant("big")
+            let created = try await t.agent.send("POST", "/v1/records", body: json(["subject": "s", "category": "personal", "channel": "web", "data": ["a": 1]]))
+            let id = try #require(try created.object()["id"] as? String)
+            for _ in 0..<1_050 { _ = try await t.agent.send("GET", "/v1/records/\(id)") }
+            let socket = h.socket
+            let token = t.adminToken
+            // (pause before reading in µs, half-close after the request)
+            let cases: [(UInt32, Bool)] = [(0, false), (200_000, false), (1_500_000, false), (500_000, true), (1_500_000, true)]
+            let outcomes = await fuzzOffPool { () -> [(halfClosed: Bool, result: String)] in
+                var results: [(halfClosed: Bool, result: String)] = []
+                for (pause, halfClose) in cases {
+                    let request = Array("GET /v1/audit?after=1&limit=1000 HTTP/1.1\r\nHost: vault\r\nAuthorization: Bearer ".utf8) + token + Array("\r\n\r\n".utf8)
+                    var failure: String?
+                    guard let fd = RawExchange.connectUnix(socket, failure: &failure) else { return [(halfClose, "connect: \(failure ?? "")")] }
+                    defer { close(fd) }
+                    _ = RawExchange.sendSome(fd, request, from: 0)
+                    if halfClose { shutdown(fd, Int32(SHUT_WR)) }
+                    usleep(pause)
+                    var received: [UInt8] = []
+                    var buffer = [UInt8](repeating: 0, count: 65_536)
+                    let label = "pause \(pause / 1000) ms" + (halfClose ? ", half-closed" : "")
+                    while true {
+                        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                        guard poll(&pfd, 1, 5_000) > 0 else {
+                            results.append((halfClose, "\(label): timed out after \(received.count) bytes"))
+                            break
+                        }
+                        let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                        if n <= 0 {
+                            results.append((halfClose, "\(label): closed after \(received.count) bytes"))
+                            break
+                        }
+                        received += buffer[0..<n]
+                        if case .response(let r, _) = RawExchange.parseResponse(received, from: 0, bodiless: nil, atEOF: false) {
+                            results.append((halfClose, "\(label): \(r.status), \(r.body.count) bytes"))
+                            break
+                        }
                     }
                 }
+                return results
             }
-            return results
+            for o in outcomes { say("large answer: \(o.result)") }
+            // Half-closed clients too: Hummingbird closes its output on the client's end of input and
+            // NIO escalates that to a full close dropping queued bytes, unless FlushBeforeCloseHandler
+            // holds the close until they are written (before it, answers over ~214 KB were cut).
+            for o in outcomes { #expect(o.result.contains(": 200,"), "\(o.result)") }
         }
-        for o in outcomes { say("large answer: \(o.result)") }
-        // Half-closed clients too: Hummingbird closes its output on the client's end of input and
-        // NIO escalates that to a full close dropping queued bytes, unless FlushBeforeCloseHandler
-        // holds the close until they are written (before it, answers over ~214 KB were cut).
-        for o in outcomes { #expect(o.result.contains(": 200,"), "\(o.result)") }
     }
 }
 

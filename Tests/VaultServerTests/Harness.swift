@@ -63,6 +63,26 @@ final class ServerHarness: @unchecked Sendable {
         try? FileManager.default.removeItem(atPath: directory)
     }
 
+    /// Starts a server (as `start`), runs `body` with it, and awaits its shutdown before
+    /// returning or rethrowing: the next test never meets this one's daemon, socket or files.
+    static func with<R>(maxBody: Int = 1 << 20, bucketWidthSeconds: Int64 = 86_400, recordsMapSize: Int = 1 << 30,
+                        manualClock: Bool = false, auditTail: UInt64 = AuditArchive.defaultTail,
+                        configure: (inout ServerConfiguration) -> Void = { _ in },
+                        logger: Logger? = nil, in existing: String? = nil,
+                        _ body: (ServerHarness) async throws -> R) async throws -> R {
+        let h = try await start(maxBody: maxBody, bucketWidthSeconds: bucketWidthSeconds, recordsMapSize: recordsMapSize,
+                                manualClock: manualClock, auditTail: auditTail, configure: configure, logger: logger,
+                                in: existing)
+        do {
+            let result = try await body(h)
+            await h.stop()
+            return result
+        } catch {
+            await h.stop()
+            throw error
+        }
+    }
+
     func client(_ token: [UInt8]?) -> VaultHTTPClient {
         VaultHTTPClient(endpoint: .unixSocket(path: socket), token: token, timeout: 30)
     }

@@ -122,22 +122,22 @@ import Glibc
 
     /// Half-closed and garbage connections do not take the daemon down.
     @Test func halfClosedAndGarbageConnectionsAreSurvived() async throws {
-        let h = try await ServerHarness.start()
-        defer { Task { await h.stop() } }
-        for payload in ["POST /v1/records HTTP/1.1\r\nHost: vault\r\nContent-Length: 100\r\n\r\n{\"subj", "GARBAGE\r\n\r\n", "GET /healthz HTTP/1.1\r\n"] {
-            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            var addr = sockaddr_un()
-            addr.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &addr.sun_path) { p in p.copyBytes(from: Array(h.socket.utf8)) }
-            let connected = withUnsafePointer(to: &addr) { p in
-                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        try await ServerHarness.with { (h: ServerHarness) async throws in
+            for payload in ["POST /v1/records HTTP/1.1\r\nHost: vault\r\nContent-Length: 100\r\n\r\n{\"subj", "GARBAGE\r\n\r\n", "GET /healthz HTTP/1.1\r\n"] {
+                let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+                var addr = sockaddr_un()
+                addr.sun_family = sa_family_t(AF_UNIX)
+                withUnsafeMutableBytes(of: &addr.sun_path) { p in p.copyBytes(from: Array(h.socket.utf8)) }
+                let connected = withUnsafePointer(to: &addr) { p in
+                    p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+                }
+                #expect(connected == 0)
+                _ = payload.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+                shutdown(fd, Int32(SHUT_WR))
+                close(fd)
             }
-            #expect(connected == 0)
-            _ = payload.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
-            shutdown(fd, Int32(SHUT_WR))
-            close(fd)
+            let health = try await h.client(nil).send("GET", "/healthz")
+            #expect(health.status == 200)
         }
-        let health = try await h.client(nil).send("GET", "/healthz")
-        #expect(health.status == 200)
     }
 }

@@ -29,53 +29,53 @@ import VaultServer
     }
 
     @Test func anUndeclaredMethodOnAServedPathIs405WithAllow() async throws {
-        let h = try await ServerHarness.start()
-        defer { Task { await h.stop() } }
-        let anonymous = h.client(nil)
-        let cases: [(method: String, path: String, allow: String)] = [
-            ("TRACE", "/v1/records", "POST"),
-            ("OPTIONS", "/v1/records", "POST"),
-            ("GET", "/v1/records", "POST"),
-            ("TRACE", "/v1/records/01KZZZZZZZZZZZZZZZZZZZZZZZ", "DELETE, GET, PUT"),
-            ("PATCH", "/v1/records/anything", "DELETE, GET, PUT"),
-            ("POST", "/v1/retention", "GET, PUT"),
-            ("TRACE", "/healthz", "GET"),
-            ("DELETE", "/v1/admin/tenants", "GET, POST"),
-            ("PUT", "/v1/admin/tenants/acme", "DELETE"),
-            ("GET", "/v1/records/batch", "POST"),
-        ]
-        for c in cases {
-            let r = try await anonymous.send(c.method, c.path)
-            #expect(r.status == 405, "\(c.method) \(c.path)")
-            #expect(r.isProblem, "\(c.method) \(c.path)")
-            #expect((try? r.object())?["type"] as? String == "/problems/method-not-allowed")
-            #expect(r.header("allow") == c.allow, "\(c.method) \(c.path)")
+        try await ServerHarness.with { (h: ServerHarness) async throws in
+            let anonymous = h.client(nil)
+            let cases: [(method: String, path: String, allow: String)] = [
+                ("TRACE", "/v1/records", "POST"),
+                ("OPTIONS", "/v1/records", "POST"),
+                ("GET", "/v1/records", "POST"),
+                ("TRACE", "/v1/records/01KZZZZZZZZZZZZZZZZZZZZZZZ", "DELETE, GET, PUT"),
+                ("PATCH", "/v1/records/anything", "DELETE, GET, PUT"),
+                ("POST", "/v1/retention", "GET, PUT"),
+                ("TRACE", "/healthz", "GET"),
+                ("DELETE", "/v1/admin/tenants", "GET, POST"),
+                ("PUT", "/v1/admin/tenants/acme", "DELETE"),
+                ("GET", "/v1/records/batch", "POST"),
+            ]
+            for c in cases {
+                let r = try await anonymous.send(c.method, c.path)
+                #expect(r.status == 405, "\(c.method) \(c.path)")
+                #expect(r.isProblem, "\(c.method) \(c.path)")
+                #expect((try? r.object())?["type"] as? String == "/problems/method-not-allowed")
+                #expect(r.header("allow") == c.allow, "\(c.method) \(c.path)")
+            }
+            // A path nobody serves stays 404, whatever the method; so does a served method's
+            // parameter that is empty (no route has an empty segment).
+            for (method, path) in [("TRACE", "/v1/nothing"), ("GET", "/v1/records/"), ("GET", "/v2/records"), ("TRACE", "/")] {
+                let r = try await anonymous.send(method, path)
+                #expect(r.status == 404, "\(method) \(path)")
+                #expect(r.header("allow") == nil)
+            }
+            // The served method itself still answers as before (401 without a token).
+            #expect(try await anonymous.send("GET", "/v1/retention").status == 401)
         }
-        // A path nobody serves stays 404, whatever the method; so does a served method's
-        // parameter that is empty (no route has an empty segment).
-        for (method, path) in [("TRACE", "/v1/nothing"), ("GET", "/v1/records/"), ("GET", "/v2/records"), ("TRACE", "/")] {
-            let r = try await anonymous.send(method, path)
-            #expect(r.status == 404, "\(method) \(path)")
-            #expect(r.header("allow") == nil)
-        }
-        // The served method itself still answers as before (401 without a token).
-        #expect(try await anonymous.send("GET", "/v1/retention").status == 401)
     }
 
     @Test func anAuditCursorAboveTheSpecsCapIs400() async throws {
-        let h = try await ServerHarness.start()
-        defer { Task { await h.stop() } }
-        let t = try await h.tenant("acme")
-        let cap = "9223372036854775807"
-        #expect(Self.specText.contains("maximum: \(cap)"), "openapi.yaml declares the cap")
-        for (client, path) in [(t.admin, "/v1/audit"), (h.operatorClient, "/v1/admin/audit")] {
-            let atCap = try await client.send("GET", "\(path)?after=\(cap)")
-            #expect(atCap.status == 200, "\(path) at the cap")
-            #expect((try atCap.object()["entries"] as? [Any])?.isEmpty == true)
-            for above in ["9223372036854775808", "18446744073709551615", "18446744073709551616", "-1", "1e3"] {
-                let r = try await client.send("GET", "\(path)?after=\(above)")
-                #expect(r.status == 400, "\(path)?after=\(above)")
-                #expect(r.isProblem)
+        try await ServerHarness.with { (h: ServerHarness) async throws in
+            let t = try await h.tenant("acme")
+            let cap = "9223372036854775807"
+            #expect(Self.specText.contains("maximum: \(cap)"), "openapi.yaml declares the cap")
+            for (client, path) in [(t.admin, "/v1/audit"), (h.operatorClient, "/v1/admin/audit")] {
+                let atCap = try await client.send("GET", "\(path)?after=\(cap)")
+                #expect(atCap.status == 200, "\(path) at the cap")
+                #expect((try atCap.object()["entries"] as? [Any])?.isEmpty == true)
+                for above in ["9223372036854775808", "18446744073709551615", "18446744073709551616", "-1", "1e3"] {
+                    let r = try await client.send("GET", "\(path)?after=\(above)")
+                    #expect(r.status == 400, "\(path)?after=\(above)")
+                    #expect(r.isProblem)
+                }
             }
         }
     }
@@ -112,38 +112,38 @@ import VaultServer
     }
 
     @Test func durationsOverHTTP() async throws {
-        let h = try await ServerHarness.start()
-        defer { Task { await h.stop() } }
-        let t = try await h.tenant("acme")
-        for (text, status) in [("PSW", 400), ("P1D1W", 400), ("P0D", 400), ("P1DT", 400), ("P30D", 200),
-                               ("P4W", 200), ("P1DT12H", 200), ("P93D", 422), ("P999999999999W", 422)] {
-            let r = try await t.admin.send("PUT", "/v1/retention", body: json(["default": text]))
-            #expect(r.status == status, "\(text)")
-            if status != 200 { #expect(r.isProblem) }
+        try await ServerHarness.with { (h: ServerHarness) async throws in
+            let t = try await h.tenant("acme")
+            for (text, status) in [("PSW", 400), ("P1D1W", 400), ("P0D", 400), ("P1DT", 400), ("P30D", 200),
+                                   ("P4W", 200), ("P1DT12H", 200), ("P93D", 422), ("P999999999999W", 422)] {
+                let r = try await t.admin.send("PUT", "/v1/retention", body: json(["default": text]))
+                #expect(r.status == status, "\(text)")
+                if status != 200 { #expect(r.isProblem) }
+            }
         }
     }
 
     @Test func anExtensionEndingInThePastIsRefusedWith422() async throws {
-        let h = try await ServerHarness.start()
-        defer { Task { await h.stop() } }
-        let t = try await h.tenant("acme")
-        let aSecondAgo = ISO8601DateFormatter().string(from: Date(timeIntervalSinceNow: -1))
-        for until in ["2020-01-01T00:00:00Z", aSecondAgo] {
-            let r = try await t.admin.send("POST", "/v1/retention/extensions", body: json([
-                "purpose": "legal", "reference": "contract-7", "retention": "P365D", "until": until]))
-            #expect(r.status == 422, "\(until)")
-            #expect(r.isProblem)
-            #expect((try? r.object())?["type"] as? String == "/problems/refused")
+        try await ServerHarness.with { (h: ServerHarness) async throws in
+            let t = try await h.tenant("acme")
+            let aSecondAgo = ISO8601DateFormatter().string(from: Date(timeIntervalSinceNow: -1))
+            for until in ["2020-01-01T00:00:00Z", aSecondAgo] {
+                let r = try await t.admin.send("POST", "/v1/retention/extensions", body: json([
+                    "purpose": "legal", "reference": "contract-7", "retention": "P365D", "until": until]))
+                #expect(r.status == 422, "\(until)")
+                #expect(r.isProblem)
+                #expect((try? r.object())?["type"] as? String == "/problems/refused")
+            }
+            // Malformed stays 400; a future time is accepted.
+            let malformed = try await t.admin.send("POST", "/v1/retention/extensions", body: json([
+                "purpose": "legal", "reference": "contract-7", "retention": "P365D", "until": "yesterday"]))
+            #expect(malformed.status == 400)
+            // Nothing was recorded by the refusals.
+            let state = try await t.admin.send("GET", "/v1/retention").object()
+            #expect((state["extensions"] as? [Any])?.isEmpty == true)
+            let future = try await t.admin.send("POST", "/v1/retention/extensions", body: json([
+                "purpose": "legal", "reference": "contract-7", "retention": "P365D", "until": "2999-01-01T00:00:00Z"]))
+            #expect(future.status == 201)
         }
-        // Malformed stays 400; a future time is accepted.
-        let malformed = try await t.admin.send("POST", "/v1/retention/extensions", body: json([
-            "purpose": "legal", "reference": "contract-7", "retention": "P365D", "until": "yesterday"]))
-        #expect(malformed.status == 400)
-        // Nothing was recorded by the refusals.
-        let state = try await t.admin.send("GET", "/v1/retention").object()
-        #expect((state["extensions"] as? [Any])?.isEmpty == true)
-        let future = try await t.admin.send("POST", "/v1/retention/extensions", body: json([
-            "purpose": "legal", "reference": "contract-7", "retention": "P365D", "until": "2999-01-01T00:00:00Z"]))
-        #expect(future.status == 201)
     }
 }
