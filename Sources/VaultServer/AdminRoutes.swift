@@ -186,6 +186,7 @@ extension VaultServer {
                 w.field("audit_entries", s.auditEntries)
                 w.field("audit_archived", s.auditArchived)
                 w.field("audit_moves_failed", Int64(s.auditMovesFailed))
+                w.field("audit_tree_gaps", Int64(s.auditTreeGaps))
                 w.field("audit_pruned", s.auditPruned)
                 w.field("master_key_generation", s.masterKeyGeneration)
                 w.field("keystore_bytes", Int64(s.keystoreBytes))

@@ -101,6 +101,36 @@ private func removeTrees(_ ks: borrowing Transaction, _ dbs: KeystoreDatabases, 
         }
     }
 
+    /// An entry deleted from the keystore (tampering) leaves its block of 16 without a row: every
+    /// audited operation goes on, each append that meets the damage is counted, and the heads
+    /// that would cover it answer corruption instead of a root over a made-up leaf.
+    @Test func aDeletedEntryLeavesAGapInTheTreeAndOperationsGoOn() async throws {
+        let tv = try TestVault()
+        _ = try await tv.vault.createTenant(acme, actor: .system)
+        var ids: [RecordID] = []
+        for i in 0..<3 { ids.append(try await tv.vault.write(try newRecord("cust-\(i)", "note \(i)"), tenant: acme, actor: agent).id) }
+        let damaged = try await tv.vault.verifyAudit().entries
+        tv.vault.close()
+        let deleted = try withStoredVault(tv.dir.data) { ks, _, _, audit in
+            try ks.delete(key: Layout.auditKey(damaged), in: audit.entries)
+        }
+        #expect(deleted)
+        let v = try Vault.open(dataDirectory: tv.dir.data, masterKeyFile: tv.dir.keyFile, configuration: tv.configuration)
+        defer { v.close() }
+        for i in 0..<20 { #expect(try await v.read(ids[i % 3], tenant: acme, actor: agent).data.text == "note \(i % 3)") }
+        // The tenant's block 0 (its entries 1 to 16) needed the deleted third entry.
+        #expect(try await v.statistics().auditTreeGaps >= 1)
+        await #expect { try await v.auditTreeHead(tenant: acme) } throws: { error in
+            guard case VaultError.corrupt(let what) = error else { return false }
+            return what.contains("audit entry \(damaged)") || what.contains("is missing")
+        }
+        #expect(try await !v.verifyAudit().isIntact)
+        // An erasure, audited like any operation, is not held up by the damage.
+        let erased = try await v.erase(subject: try Subject("cust-1"), reference: nil, tenant: acme, actor: admin)
+        #expect(erased.erased == 1)
+        await #expect(throws: VaultError.notFound) { try await v.read(ids[1], tenant: acme, actor: agent) }
+    }
+
     /// Through the vault: each tenant's head covers exactly its own entries (as it reads them,
     /// renumbered from 1, the leaf recomputed from the entry), the operator's covers every entry
     /// without targets, the heads are signed by the listed key, and proofs verify.

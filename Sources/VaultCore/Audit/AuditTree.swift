@@ -42,15 +42,18 @@ enum AuditTree {
             hash = try computed(log, level, i, in: ks, rec, audit: audit, leaves: leaves, newest: (index, leafHash))
         } catch VaultError.corrupt {
             // An earlier entry of the block is missing or damaged (the keystore was tampered
-            // with): the operation goes on with its entry, and the block, and every subtree
-            // above it, stays without a row, so no head covers the damage and every head or
-            // proof that needs it answers the corruption (verification names the entry).
+            // with): the operation goes on with its entry (an erasure must not wait for the
+            // audit's repair), and the block, and every subtree above it, stays without a row,
+            // so no head covers the damage and every head or proof that needs it answers the
+            // corruption (verification names the entry). Counted: `audit_tree_gaps`.
+            leaves.gap()
             return leafHash
         }
         try ks.put(hash, forKey: key(log, level, i), in: audit.tree)
         while i & 1 == 1 {
             let left: Hash
             do { left = try subtree(log, level, i - 1, in: ks, rec, audit: audit, leaves: leaves) } catch VaultError.corrupt {
+                leaves.gap()
                 return leafHash
             }
             hash = MerkleTree.nodeHash(left, hash)
@@ -143,6 +146,12 @@ protocol LeafSource {
     /// The hash of leaf `index` of `log`; nil when the entry was pruned (its hash is a row).
     func leafHash(_ log: UInt32, _ index: UInt64, in ks: borrowing Transaction, _ rec: borrowing Transaction,
                   audit: AuditDatabases) throws -> MerkleTree.Hash?
+    /// An append could not extend its log past damage (counted by the writer's source).
+    func gap()
+}
+
+extension LeafSource {
+    func gap() {}
 }
 
 /// The vault's leaves: the entries (tail, then archive), through each tenant's numbering.
@@ -181,6 +190,8 @@ struct StoredLeaves: LeafSource {
 /// memory is one a committed append computed from that very entry, so it is the stored one.
 struct WriterLeaves: LeafSource {
     let context: OperationContext
+
+    func gap() { context.state.auditTreeGaps += 1 }
 
     func leafHash(_ log: UInt32, _ index: UInt64, in ks: borrowing Transaction, _ rec: borrowing Transaction,
                   audit: AuditDatabases) throws -> MerkleTree.Hash? {

@@ -24,6 +24,10 @@ public struct VaultStatistics: Sendable, Equatable {
     /// Moves of the audit's tail that failed or were put off since the daemon started
     /// (`records/` full, or down to the reserve it keeps for deletes).
     public let auditMovesFailed: Int
+    /// Appends since the daemon started that could not extend a transparency log because an
+    /// earlier entry of its block is missing or damaged (`AuditTree.append`): not 0 means the
+    /// audit was tampered with; run `shredvault audit verify`.
+    public let auditTreeGaps: Int
     /// The first entries, whose content the sweep pruned past the audit retention.
     public let auditPruned: UInt64
     public let masterKeyGeneration: UInt64
@@ -75,6 +79,7 @@ extension Vault {
                 tenants: try ks.count(in: dbs.tenants), records: try ks.count(in: dbs.records),
                 auditEntries: context.auditHead.seq, auditArchived: try AuditLog.archived(in: ks, dbs: dbs),
                 auditMovesFailed: self.writer.auditMovesFailed.load(ordering: .relaxed),
+                auditTreeGaps: context.state.auditTreeGaps,
                 auditPruned: try AuditLog.prunedCount(AuditTree.operatorLog, in: rec, audit: context.audit),
                 masterKeyGeneration: context.masterGeneration,
                 keystoreBytes: Compaction.fileSize(self.writer.stores.keystore.path + "/data.mdb"),

@@ -16,6 +16,8 @@ final class WriterState: @unchecked Sendable {
     var pendingCiphertextDeletes: [[UInt8]] = []
     /// The leaf hashes of each audit log's current block, as committed (`AuditLeafCache`).
     var auditLeaves = AuditLeafCache()
+    /// Appends that found an earlier entry of their block missing or damaged (`AuditTree.append`).
+    var auditTreeGaps = 0
     /// Unwrapped TRK/SBK/BK keys and the DEK scratch buffer.
     let keyCache: KeyCache
     let auditFeed = AuditFeed()
