@@ -18,15 +18,25 @@ import PostgresSupport
         if point == .rotationKeyPromoted { throw RotationStopped() }
     }
 
-    @Test func aRestoreBetweenARotationAndItsSnapshotNeedsTheKeptKeysOfBothGenerations() async throws {
+    /// A journaled vault with record A (and what `more` writes), the generation-1 key kept as
+    /// `keys/kept-1.key`, then a rotation stopped after its switch; the vault still serves.
+    func vaultSwitchedWithoutSnapshot(
+        _ more: (Vault) async throws -> Void = { _ in }
+    ) async throws -> (jv: JournaledVault, vault: Vault, a: RecordReceipt, kept: String) {
         var jv = try JournaledVault()
         jv.configuration.faultInjector = Self.stopAfterTheSwitch
         let vault = try jv.create()
         _ = try await vault.createTenant(acme, actor: .system)
         let a = try await vault.write(try newRecord("cust-a", "alpha"), tenant: acme, actor: agent)
-        let keptOld = jv.dir.path + "/keys/kept-1.key"
-        try FileManager.default.copyItem(atPath: jv.dir.keyFile, toPath: keptOld)
+        try await more(vault)
+        let kept = jv.dir.path + "/keys/kept-1.key"
+        try FileManager.default.copyItem(atPath: jv.dir.keyFile, toPath: kept)
         await #expect { try await vault.rotate() } throws: { "\($0)".contains("RotationStopped") }
+        return (jv, vault, a, kept)
+    }
+
+    @Test func aRestoreBetweenARotationAndItsSnapshotNeedsTheKeptKeysOfBothGenerations() async throws {
+        let (jv, vault, a, keptOld) = try await vaultSwitchedWithoutSnapshot()
         let b = try await vault.write(try newRecord("cust-b", "bravo"), tenant: acme, actor: agent)
         vault.close()
         let keptNew = try jv.loseMachine()
@@ -55,16 +65,10 @@ import PostgresSupport
     }
 
     @Test func aSwitchWhoseKeyWasLostWithTheMachineIsTakenBackAndNothingIsLost() async throws {
-        var jv = try JournaledVault()
-        jv.configuration.faultInjector = Self.stopAfterTheSwitch
-        let vault = try jv.create()
-        _ = try await vault.createTenant(acme, actor: .system)
-        let a = try await vault.write(try newRecord("cust-a", "alpha"), tenant: acme, actor: agent)
-        try await vault.delete(try await vault.write(try newRecord("cust-x", "gone"), tenant: acme, actor: agent).id,
-                               tenant: acme, actor: admin)
-        let kept = jv.dir.path + "/keys/kept-1.key"
-        try FileManager.default.copyItem(atPath: jv.dir.keyFile, toPath: kept)
-        await #expect { try await vault.rotate() } throws: { "\($0)".contains("RotationStopped") }
+        let (jv, vault, a, kept) = try await vaultSwitchedWithoutSnapshot { vault in
+            try await vault.delete(try await vault.write(try newRecord("cust-x", "gone"), tenant: self.acme, actor: agent).id,
+                                   tenant: self.acme, actor: admin)
+        }
         let headBefore = try jv.settings.backend().status().head
         vault.close()
         _ = try jv.loseMachine()  // its generation-2 key is lost with it
@@ -182,10 +186,9 @@ import PostgresSupport
         #expect(Posix.mode(exchange.path).map { $0 & 0o777 } == 0o600)
         // An intruder with write access to the database publishes a key of its own.
         let intruder = try ExchangeKeyPair()
-        let hex = { (b: [UInt8]) in b.map { String(format: "%02x", $0) }.joined() }
         _ = try pg.sql("""
             INSERT INTO shredvault_standbys (name, applied, epoch, lag_ms, seen_at, exchange_epoch, exchange_key, exchange_tag)
-            VALUES ('intruder', 0, 1, 0, now(), 1, '\\x\(hex(intruder.publicKey))', '\\x\(hex(Random.bytes(count: 32)))')
+            VALUES ('intruder', 0, 1, 0, now(), 1, '\\x\(intruder.publicKey.hex)', '\\x\(Random.bytes(count: 32).hex)')
             """)
         standby.close()  // away during the rotation: the writer keeps what it has not applied
 
@@ -195,7 +198,7 @@ import PostgresSupport
         // The rotation's switch, as PostgreSQL (and its WAL, replicas and backups) keeps it.
         let row = try pg.sql("SELECT seq, encode(entry, 'hex') FROM shredvault_change_sets WHERE epoch = 1 ORDER BY seq DESC LIMIT 1")
         let parts = row.split(separator: "|")
-        let entry = try JournalEntry(bytes: try #require(hexBytes(String(parts[1]))))
+        let entry = try JournalEntry(bytes: try #require([UInt8](hex: String(parts[1]).trimmingCharacters(in: .whitespacesAndNewlines))))
         let vaultID = try #require(try jv.settings.backend().identity())
         let stolen = try MasterKeyFile(path: oldKey).load()
         let opened = try ChangeSet.open(entry, vaultID: vaultID,
@@ -207,7 +210,7 @@ import PostgresSupport
         #expect(throws: SodiumError.authenticationFailure) { try intruder.open(next.sealed[0].box) }
         // The old generation's journal key opens nothing of the new epoch.
         let later = try pg.sql("SELECT encode(entry, 'hex') FROM shredvault_change_sets WHERE epoch = 2 ORDER BY seq LIMIT 1")
-        let laterEntry = try JournalEntry(bytes: try #require(hexBytes(later)))
+        let laterEntry = try JournalEntry(bytes: try #require([UInt8](hex: later.trimmingCharacters(in: .whitespacesAndNewlines))))
         #expect(throws: VaultError.self) {
             try ChangeSet.open(laterEntry, vaultID: vaultID,
                                journalKey: try JournalKeys.changeSetKey(master: Key(try stolen.key.copy())).bytes)
@@ -222,7 +225,7 @@ import PostgresSupport
         #expect(second.generation == 2 && second.pair.publicKey != first.pair.publicKey)
         #expect(try MasterKeyFile(path: sdir + "/keys/master.key").load().generation == 2)
         let published = try pg.sql("SELECT exchange_epoch, encode(exchange_key, 'hex') FROM shredvault_standbys WHERE name = 'standby-test'")
-        #expect(published == "2|\(hex(second.pair.publicKey))")
+        #expect(published == "2|\(second.pair.publicKey.hex)")
         standby.close()
         vault.close()
         _ = (a, b)
@@ -254,15 +257,4 @@ import PostgresSupport
         // Its key file stays at the generation it holds.
         #expect(try MasterKeyFile(path: sdir + "/keys/master.key").load().generation == 1)
     }
-}
-
-func hexBytes(_ text: String) -> [UInt8]? {
-    let chars = Array(text.trimmingCharacters(in: .whitespacesAndNewlines).utf8)
-    guard chars.count % 2 == 0 else { return nil }
-    var out: [UInt8] = []
-    for i in stride(from: 0, to: chars.count, by: 2) {
-        guard let b = UInt8(String(decoding: chars[i..<i + 2], as: UTF8.self), radix: 16) else { return nil }
-        out.append(b)
-    }
-    return out
 }

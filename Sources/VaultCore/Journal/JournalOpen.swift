@@ -164,16 +164,17 @@ extension Vault {
                                            + "generation \(generation) was expected")
             }
             let opened = try ChangeSet.open(entry, vaultID: vaultID, journalKey: journalKey.bytes)
-            var next: (key: Key, source: NextKeySource)?
+            var next: (generation: UInt64, key: Key, source: NextKeySource)?
             if let n = opened.next {
                 guard n.generation == generation + 1 else {
                     throw VaultError.integrity("journal change set \(entry.sequence) switches from generation \(generation) "
                                                + "to \(n.generation)")
                 }
-                next = try nextMasterKey(n, sequence: entry.sequence, file: file)
-                if next!.source != .nextFile {
-                    try file.write(key: next!.key.bytes, generation: n.generation, to: file.nextPath)
-                }
+                let (key, source) = try nextMasterKey(n, sequence: entry.sequence, file: file)
+                // Written before the keystore commits to it, as a rotation does, so a kill between
+                // the two leaves the key the keystore needs.
+                if source != .nextFile { try file.write(key: key.bytes, generation: n.generation, to: file.nextPath) }
+                next = (n.generation, key, source)
             }
             do {
                 try stores.keystore.write { ks in
@@ -181,22 +182,22 @@ extension Vault {
                         try opened.withRecordChanges { try rec.apply(changes: $0, databases: recCodes) }
                     }
                     try opened.withKeystoreChanges { try ks.apply(changes: $0, databases: ksCodes) }
-                    if let next, let n = opened.next {
+                    if let next {
                         // The key found must be the one the switch wrapped the keystore under.
                         let check = try ks.value(forKey: metaMasterKey, in: stores.ks.meta)
-                        guard let check, checkMatches(check, key: next.key.bytes, generation: n.generation) else {
+                        guard let check, checkMatches(check, key: next.key.bytes, generation: next.generation) else {
                             throw VaultError.masterKey("journal change set \(entry.sequence) switches to master key generation "
-                                                       + "\(n.generation), and the key \(next.source) does not match it")
+                                                       + "\(next.generation), and the key \(next.source) does not match it")
                         }
                     }
                 }
             } catch let e as ChangeLog.FormatError {
                 throw VaultError.integrity("journal change set \(entry.sequence): \(e)")
             }
-            if let next, let n = opened.next {
+            if let next {
                 try file.promoteNext()
                 master = next.key
-                generation = n.generation
+                generation = next.generation
                 journalKey = try JournalKeys.changeSetKey(master: master)
                 // The private half that opened the box is used: destroyed.
                 if next.source == .exchange { try ExchangeKeyFile(besideMasterKey: file.path).destroy() }

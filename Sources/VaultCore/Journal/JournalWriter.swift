@@ -60,7 +60,7 @@ final class JournalWriter: @unchecked Sendable {
         let sealed: [KeyExchange.Sealed]
     }
 
-    /// The exchange keys published for the current generation, sealed the next key `next`: the
+    /// `next` sealed to each exchange key the standbys published for the current generation: the
     /// rotation calls it before its switch (a PostgreSQL query, outside any transaction).
     func nextMaster(_ next: Key, generation: UInt64, current: Key) throws -> NextMaster {
         let published = try backend.exchangeKeys(generation: generation - 1)

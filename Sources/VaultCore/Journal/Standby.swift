@@ -395,8 +395,9 @@ public final class Standby: @unchecked Sendable {
             // Harmless but said: the writer keeps change sets for this name until it ages out (an hour).
             settings.progress?("promoted, but its standby position could not be removed from the journal (\(error))")
         }
-        do { try ExchangeKeyFile(besideMasterKey: file.path).destroy() } catch {
-            settings.progress?("promoted, but its exchange key could not be removed (\(error)): shred \(file.path).exchange")
+        let exchange = ExchangeKeyFile(besideMasterKey: file.path)
+        do { try exchange.destroy() } catch {
+            settings.progress?("promoted, but its exchange key could not be removed (\(error)): shred \(exchange.path)")
         }
         var settings = self.settings
         settings.leaseHolder = backend.holder
