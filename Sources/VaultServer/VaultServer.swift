@@ -96,6 +96,9 @@ public struct VaultServer: Sendable {
         guard path.utf8.count < 108 else {
             throw VaultError.invalidArgument("socket path is longer than 107 bytes: \(path)")
         }
+        guard PrivateSocketDirectory.stagingLength(for: path) < 108 else {
+            throw VaultError.invalidArgument("the socket's directory path is too long to bind in (keep it under 97 bytes): \(path)")
+        }
         var st = stat()
         guard lstat(path, &st) == 0 else { return }
         guard (st.st_mode & S_IFMT) == S_IFSOCK else {
@@ -123,8 +126,8 @@ public struct VaultServer: Sendable {
     }
 
     /// Runs the daemon until SIGTERM or SIGINT: stops accepting, lets in-flight requests
-    /// finish, then the caller closes the vault. The socket is created 0660 (the umask is
-    /// narrowed around the bind, so no request can arrive on a wider socket) and removed
+    /// finish, then the caller closes the vault. The socket is created 0660 (bound in a private
+    /// directory and linked into place, so no request can arrive on a wider socket) and removed
     /// at the end. If the socket file is removed while the daemon runs, it says so and binds
     /// a new one (connections already open carry on).
     ///
@@ -160,20 +163,26 @@ public struct VaultServer: Sendable {
         let server = HTTPServerBuilder.http1(configuration: .init(
             additionalChannelHandlers: [FlushBeforeCloseHandler(limit: deadline),
                                         RequestDeadlineHandler(limit: deadline, logger: logger)]))
-        // The process's own umask, put back if a re-bind fails before it could restore it.
-        let processUmask = umask(0o077)
-        umask(processUmask)
-
-        @Sendable func unixApplication(onBound: @escaping @Sendable () async -> Void) -> some Service {
-            let previous = umask(0o117)
+        // The socket is bound inside a fresh 0700 directory beside its path, made 0660 there, then
+        // hard-linked into place (link(2) never replaces a file that took the path meanwhile):
+        // no client reaches it before it has its mode, and the process-wide umask is never
+        // touched (children the daemon spawns meanwhile, `--alert-command`, would inherit it).
+        let bindFailure = Locked<String?>(nil)
+        @Sendable func unixApplication(onBound: @escaping @Sendable () async -> Void) throws -> some Service {
+            let staging = try PrivateSocketDirectory(beside: socketPath)
             return Application(
                 responder: responder, server: server,
-                configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: "shredvault",
+                configuration: .init(address: .unixDomainSocket(path: staging.socketPath), serverName: "shredvault",
                                      availableConnectionsDelegate: ConnectionLimit(limit: maxConnections, logger: logger)),
-                onServerRunning: { _ in
-                    // Bound with the narrow umask: put the process's own back for everything else.
-                    umask(previous)
-                    chmod(socketPath, 0o660)
+                onServerRunning: { channel in
+                    do {
+                        try staging.publish(at: socketPath, mode: 0o660)
+                    } catch {
+                        logger.error("could not put the socket in place", metadata: ["socket": "\(socketPath)", "error": "\(error)"])
+                        bindFailure.withLock { $0 = "\(error)" }
+                        try? await channel.close()
+                        return
+                    }
                     socketFile.remember()
                     await onBound()
                 },
@@ -183,7 +192,7 @@ public struct VaultServer: Sendable {
 
         // A listener that ends ends the daemon (a signal reaches every listener anyway).
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: unixApplication(onBound: onRunning), successTerminationBehavior: .gracefullyShutdownGroup),
+            .init(service: try unixApplication(onBound: onRunning), successTerminationBehavior: .gracefullyShutdownGroup),
         ]
         if let listen = configuration.listen {
             let tcp = Application(
@@ -196,12 +205,17 @@ public struct VaultServer: Sendable {
         let groupBox = Locked<ServiceGroup?>(nil)
         let watch = SocketWatch(file: socketFile, interval: configuration.socketCheckInterval, logger: logger) {
             guard let group = groupBox.withLock({ $0 }) else { return }
-            let again = unixApplication {
-                logger.notice("listening again", metadata: ["socket": "\(socketPath)"])
+            let again: any Service
+            do {
+                again = try unixApplication { logger.notice("listening again", metadata: ["socket": "\(socketPath)"]) }
+            } catch {
+                logger.error("could not bind the socket again; restart the daemon",
+                             metadata: ["socket": "\(socketPath)", "error": "\(error)"])
+                return
             }
             // Not started once a graceful shutdown has begun (the group refuses it).
             await group.addServiceUnlessShutdown(.init(
-                service: Rebind(listener: again, socketPath: socketPath, processUmask: processUmask, logger: logger),
+                service: Rebind(listener: again, socketPath: socketPath, logger: logger),
                 successTerminationBehavior: .ignore, failureTerminationBehavior: .ignore))
         }
         services.append(.init(service: watch, successTerminationBehavior: .ignore))
@@ -211,6 +225,9 @@ public struct VaultServer: Sendable {
         groupBox.withLock { $0 = group }
         onGroup(group)
         try await group.run()
+        if let failure = bindFailure.withLock({ $0 }) {
+            throw VaultError.io("could not put the socket in place at \(socketPath): \(failure)")
+        }
     }
 
     /// The connection limit, kept below the file-descriptor limit (raised to its hard limit
@@ -230,6 +247,43 @@ public struct VaultServer: Sendable {
                            metadata: ["wanted": "\(wanted)", "limit": "\(room)"])
         }
         return max(1, min(wanted, room))
+    }
+}
+
+/// A fresh 0700 directory beside the socket's path, where the listener binds (as `s`) before its
+/// socket is given its mode and linked into place. Path lengths: `prepareSocket` checks both.
+struct PrivateSocketDirectory: Sendable {
+    let directory: String
+    var socketPath: String { directory + "/s" }
+
+    /// The staging path for `path`'s socket, as long as `PrivateSocketDirectory(beside:)` makes it.
+    static func stagingLength(for path: String) -> Int { parent(of: path).utf8.count + "/.sXXXXXX/s".utf8.count }
+
+    static func parent(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
+    }
+
+    init(beside path: String) throws {
+        var template = Array((Self.parent(of: path) + "/.sXXXXXX").utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw VaultError.io("cannot create a directory beside \(path) to bind the socket in (errno \(errno))")
+        }
+        directory = String(cString: made)
+    }
+
+    /// Gives the bound socket `mode`, links it at `path` (refused if anything is there), and
+    /// removes the staging directory whatever happens.
+    func publish(at path: String, mode: mode_t) throws {
+        defer {
+            unlink(socketPath)
+            rmdir(directory)
+        }
+        guard chmod(socketPath, mode) == 0 else { throw VaultError.io("cannot set the socket's mode (errno \(errno))") }
+        guard link(socketPath, path) == 0 else {
+            let e = errno
+            throw VaultError.io(e == EEXIST ? "another file took the socket path" : "cannot link the socket into place (errno \(e))")
+        }
     }
 }
 
@@ -332,17 +386,15 @@ struct HeadPublisher: Service {
 /// A listener bound again after its socket file was removed. Not bound (something took the
 /// path meanwhile): the daemon keeps serving the connections it has rather than stop; new
 /// clients cannot reach it until it restarts.
-struct Rebind<Listener: Service>: Service {
-    let listener: Listener
+struct Rebind: Service {
+    let listener: any Service
     let socketPath: String
-    let processUmask: mode_t
     let logger: Logger
 
     func run() async {
         do {
             try await listener.run()
         } catch {
-            umask(processUmask)
             logger.error("could not bind the socket again; restart the daemon",
                          metadata: ["socket": "\(socketPath)", "error": "\(error)"])
         }

@@ -100,6 +100,47 @@ import VaultCore
         }
     }
 
+    /// The socket is bound in a private directory and linked into place, never by narrowing the
+    /// process's umask: a child spawned meanwhile (an alert command, a browser in a test) would
+    /// inherit a narrowed one. The umask is sampled from /proc the whole time the daemon binds,
+    /// and re-binds three times.
+    @Test func bindingTheSocketNeverChangesTheProcessUmask() async throws {
+        let original = umask(0o022)
+        umask(original)
+        let sampling = Locked(true)
+        let seen = Locked<Set<String>>([])
+        let sampler = Thread {
+            while sampling.withLock({ $0 }) {
+                let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+                if let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Umask:") }) {
+                    let value = String(line.dropFirst("Umask:".count).trimmingCharacters(in: .whitespaces))
+                    seen.withLock { _ = $0.insert(value) }
+                }
+            }
+        }
+        sampler.start()
+        defer { sampling.withLock { $0 = false } }
+        try await ServerHarness.with(configure: { $0.socketCheckInterval = .milliseconds(20) }) { (h: ServerHarness) async throws in
+            for _ in 0..<3 {
+                #expect(unlink(h.socket) == 0)
+                var back = false
+                for _ in 0..<200 where !back {
+                    try await Task.sleep(for: .milliseconds(10))
+                    var st = stat()
+                    back = lstat(h.socket, &st) == 0 && (st.st_mode & 0o777) == 0o660
+                }
+                #expect(back, "the socket came back 0660")
+                #expect(try await h.operatorClient.send("GET", "/healthz").status == 200)
+            }
+            let directory = PrivateSocketDirectory.parent(of: h.socket)
+            let staging = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasPrefix(".s") }
+            #expect(staging.isEmpty, "no staging directory is left beside the socket: \(staging)")
+        }
+        sampling.withLock { $0 = false }
+        let expected = String(format: "%04o", original)
+        #expect(seen.withLock { $0 } == [expected], "the process umask stayed \(expected)")
+    }
+
     /// A stopping listener removes its socket file: the watch must not take that for an
     /// operator's deletion and bind a listener the shutdown never reaches (the daemon then
     /// never exits). With the socket checked every millisecond the race is run each round.
