@@ -116,7 +116,15 @@ extension VaultServer {
             let (p, tenant) = try self.tenantPrincipal(request, .admin)
             let report = try await self.vault.report(tenant: tenant, actor: p.actor)
             let now = self.vault.configuration.clock.now()
-            return jsonResponse { w in
+            // The transparency page for a browser (or `report --html`), the JSON for anyone else.
+            if ReportPage.prefersHTML(request.headers[values: .accept]) {
+                return Response(status: .ok,
+                                headers: [.contentType: "text/html; charset=utf-8", .vary: "Accept",
+                                          .init("Content-Security-Policy")!: ReportPage.contentSecurityPolicy,
+                                          .init("X-Content-Type-Options")!: "nosniff"],
+                                body: .init(byteBuffer: ByteBuffer(string: ReportPage.render(report, tenant: tenant.slug, now: now))))
+            }
+            var response = jsonResponse { w in
                 w.beginObject()
                 w.field("tenant", tenant.slug)
                 w.time("generated_at", now)
@@ -133,6 +141,7 @@ extension VaultServer {
                 w.key("oldest_record")
                 if let oldest = report.oldestCreatedAt { w.string(RFC3339.format(milliseconds: oldest)) } else { w.null() }
                 w.field("held_past_expiry", Int64(report.heldPastExpiry))
+                w.field("holds", Int64(report.holds))
                 w.key("expiries_per_day")
                 w.beginArray()
                 for (day, count) in report.expiriesPerDay.enumerated() {
@@ -146,6 +155,8 @@ extension VaultServer {
                 Self.writeRetention(report.retention, now: now, into: &w)
                 w.endObject()
             }
+            response.headers[.vary] = "Accept"
+            return response
         }
     }
 

@@ -37,9 +37,10 @@ final class Daemon {
         return token
     }
 
-    /// Sends a request and returns the answer whatever its status.
-    func send(_ method: String, _ path: String, body: [UInt8]? = nil) throws -> HTTPResponse {
-        try client.request(method, path, body: body, headers: [("Accept", "application/json")])
+    /// Sends a request and returns the answer whatever its status; `accept` is the media type
+    /// asked for (`report --html` asks for the page).
+    func send(_ method: String, _ path: String, body: [UInt8]? = nil, accept: String = "application/json") throws -> HTTPResponse {
+        try client.request(method, path, body: body, headers: [("Accept", accept)])
     }
 
     /// Opens a streaming `GET` on a connection of its own (`audit follow`).
@@ -49,8 +50,8 @@ final class Daemon {
 
     /// Sends a request; a non-2xx answer becomes a ``DaemonProblem``.
     @discardableResult
-    func call(_ method: String, _ path: String, body: [UInt8]? = nil) throws -> HTTPResponse {
-        let response = try send(method, path, body: body)
+    func call(_ method: String, _ path: String, body: [UInt8]? = nil, accept: String = "application/json") throws -> HTTPResponse {
+        let response = try send(method, path, body: body, accept: accept)
         try Daemon.check(response)
         return response
     }

@@ -102,6 +102,18 @@ enum Files {
         guard fsync(fd) == 0 else { throw CLIError("cannot sync \(path): \(errnoText())") }
     }
 
+    /// Writes `contents` with `mode` to a new file beside `path`, then renames it over `path`:
+    /// an existing file is replaced whole, never left half written.
+    static func replace(_ path: String, mode: mode_t, contents: [UInt8]) throws {
+        let temporary = "\(path).tmp-\(getpid())"
+        try create(temporary, mode: mode, contents: contents)
+        guard rename(temporary, path) == 0 else {
+            let text = errnoText()
+            unlink(temporary)
+            throw CLIError("cannot replace \(path): \(text)")
+        }
+    }
+
     /// Permission bits of `path`, or nil when it cannot be stat'ed.
     static func mode(_ path: String) -> mode_t? {
         var st = stat()

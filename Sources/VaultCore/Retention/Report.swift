@@ -11,6 +11,8 @@ public struct TenantReport: Sendable, Equatable {
     public var expiriesPerDay: [Int] = Array(repeating: 0, count: 92)
     /// Records kept past their expiry by a legal hold.
     public var heldPastExpiry = 0
+    /// The tenant's legal holds in place (rows of `holds`, each on a subject or a record).
+    public var holds = 0
     public var retention: RetentionState
 }
 
@@ -64,6 +66,10 @@ extension Vault {
             }
             for (id, tag, expiresAt) in held where try t.isHeld(id, tag: tag, expiresAt: expiresAt, in: ks, dbs: dbs) {
                 report.heldPastExpiry += 1
+            }
+            try ks.forEach(in: dbs.holds, from: prefix, prefix: prefix) { _, _ in
+                report.holds += 1
+                return .continue
             }
             try AuditLog.append(.init(tenant: t.auditTenant, actor: actor, action: "report", target: nil,
                                       count: UInt64(report.records)), in: ks, rec, dbs: dbs, context: context)

@@ -5,6 +5,12 @@ public struct RetentionState: Sendable, Equatable {
     public let policy: RetentionPolicy
     /// Every extension contract, ended ones included (`endedAt`), newest last.
     public let extensions: [RetentionExtension]
+
+    /// How long a record of `category` written at `now` is kept unless it asks for less: the
+    /// policy within what the active contracts allow, at least their retention.
+    public func effectiveSeconds(for category: DataCategory, at now: Int64) -> Int64 {
+        Retention.effectiveSeconds(for: category, policy: policy, extensions: extensions, now: now)
+    }
 }
 
 /// Retention rules (docs/architecture.md, Principles 2):
