@@ -180,7 +180,12 @@ public struct VaultServer: Sendable {
                     } catch {
                         logger.error("could not put the socket in place", metadata: ["socket": "\(socketPath)", "error": "\(error)"])
                         bindFailure.withLock { $0 = "\(error)" }
-                        try? await channel.close()
+                        // Closed, the listener ends (and with it the daemon, for the first bind);
+                        // a close that fails leaves it serving where no client can reach it: said.
+                        do { try await channel.close() } catch {
+                            logger.error("could not close the unreachable listener; restart the daemon",
+                                         metadata: ["error": "\(error)"])
+                        }
                         return
                     }
                     socketFile.remember()
